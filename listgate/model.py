@@ -1,0 +1,109 @@
+"""The data every backend hands to the decision engine, and the backend interface.
+
+The decision engine never talks to a database or a REST API itself: it asks a
+backend two questions -- "is this recipient a list's posting address?" and "what
+does this list know about these sender addresses?" -- and decides from the plain
+values returned here.  That keeps the Mailman-compatible verdict a pure function
+that unit tests can drive with literal data, and lets every backend (the embedded
+SQLite store, Mailman 3's REST API, Mailman 2's pickles) answer in one round trip.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+#: Mailman 3's moderation actions (``mailman.interfaces.action.Action``).
+ACTIONS = ("hold", "reject", "discard", "accept", "defer")
+
+#: The four nonmember pattern lists, in the order Mailman checks them.
+NONMEMBER_LISTS = (
+    "accept_these_nonmembers",
+    "hold_these_nonmembers",
+    "reject_these_nonmembers",
+    "discard_these_nonmembers",
+)
+
+
+class BackendError(Exception):
+    """The backend could not answer (unreachable, unreadable, locked, bad data).
+
+    The engine turns it into a tempfail (or the admin's ``on_backend_error``
+    choice); the message is logged, so it should name what failed and why.
+    """
+
+
+@dataclass(frozen=True)
+class ListPolicy:
+    """A list's posting policy, as Mailman 3 models it (styles/base.py defaults)."""
+
+    address: str  #: the posting address, lowercased ``name@domain``
+    default_member_action: str = "defer"
+    default_nonmember_action: str = "hold"
+    emergency: bool = False
+    accept_these_nonmembers: tuple[str, ...] = ()
+    hold_these_nonmembers: tuple[str, ...] = ()
+    reject_these_nonmembers: tuple[str, ...] = ()
+    discard_these_nonmembers: tuple[str, ...] = ()
+
+    @property
+    def owner(self) -> str:
+        """The list owner address (``name-owner@domain``) quoted in reject texts."""
+        local, _, domain = self.address.partition("@")
+        return f"{local}-owner@{domain}"
+
+    def referenced_lists(self) -> tuple[str, ...]:
+        """Lists named by ``@list@domain`` entries of accept_these_nonmembers (Mailman 3.3.10)."""
+        return tuple(
+            entry[1:].lower()
+            for entry in self.accept_these_nonmembers
+            if entry.startswith("@") and "@" in entry[1:]
+        )
+
+
+@dataclass(frozen=True)
+class SenderFacts:
+    """What the list knows about one sender address."""
+
+    address: str
+    #: the sender (or, in Mailman 3, a user it belongs to) is a member (role member)
+    is_member: bool = False
+    #: the member's own moderation_action; None = use the list's default_member_action
+    member_action: str | None = None
+    #: a nonmember record's moderation_action; None = no record or no action set
+    nonmember_action: str | None = None
+    #: banned from this list (exact or pattern, list or global ban)
+    banned: bool = False
+    #: other lists (from ``@list@domain`` accept entries) this address is a member of
+    member_of: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class ListFacts:
+    """A list's policy plus the facts about each sender, in the order asked."""
+
+    policy: ListPolicy
+    senders: tuple[SenderFacts, ...]
+
+
+class Backend(abc.ABC):
+    """A list-membership source.  Implementations must be safe to call from many threads.
+
+    Both methods raise :class:`BackendError` when they cannot answer; they never
+    return a guess.
+    """
+
+    #: short name used in config (``[lists] backend``) and in log lines
+    name: str = "?"
+
+    @abc.abstractmethod
+    def find_list(self, address: str) -> str | None:
+        """Return the list's posting address if ``address`` (lowercased) is one, else None."""
+
+    @abc.abstractmethod
+    def list_facts(self, list_address: str, senders: Sequence[str]) -> ListFacts:
+        """Return the policy of ``list_address`` and the facts for each sender (lowercased)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections; the backend may be used again afterwards."""
