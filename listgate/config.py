@@ -133,7 +133,8 @@ def _umask(raw: str) -> int:
 def _nameservers(raw: str) -> tuple[tuple[str, int], ...]:
     out = []
     for word in _words(raw):
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?|([0-9A-Fa-f:]+)", word)
+        m = re.fullmatch(
+            r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?|([0-9A-Fa-f:]+)", word)
         if not m:
             raise ValueError(f"{word!r} is not HOST, HOST:PORT or [IPv6]:PORT")
         host = m.group(1) or m.group(3) or m.group(5)
@@ -254,7 +255,7 @@ def parse(text: str, path: str = "<string>", extra_sections: tuple[str, ...] = (
     for section, opts in SCHEMA.items():
         values[section] = {}
         for key, opt in opts.items():
-            raw = cp.get(section, key, fallback=opt.default) if cp.has_section(section) else opt.default
+            raw = cp.get(section, key, fallback=opt.default)
             try:
                 values[section][key] = opt.parse(raw)
             except ValueError as e:

@@ -34,6 +34,12 @@ class BackendError(Exception):
     """
 
 
+def owner_of(list_address: str) -> str:
+    """The list owner address (``name-owner@domain``) quoted in reject texts."""
+    local, _, domain = list_address.partition("@")
+    return f"{local}-owner@{domain}"
+
+
 @dataclass(frozen=True)
 class ListPolicy:
     """A list's posting policy, as Mailman 3 models it (styles/base.py defaults)."""
@@ -46,12 +52,6 @@ class ListPolicy:
     hold_these_nonmembers: tuple[str, ...] = ()
     reject_these_nonmembers: tuple[str, ...] = ()
     discard_these_nonmembers: tuple[str, ...] = ()
-
-    @property
-    def owner(self) -> str:
-        """The list owner address (``name-owner@domain``) quoted in reject texts."""
-        local, _, domain = self.address.partition("@")
-        return f"{local}-owner@{domain}"
 
     def referenced_lists(self) -> tuple[str, ...]:
         """Lists named by ``@list@domain`` entries of accept_these_nonmembers (Mailman 3.3.10)."""
@@ -105,5 +105,5 @@ class Backend(abc.ABC):
     def list_facts(self, list_address: str, senders: Sequence[str]) -> ListFacts:
         """Return the policy of ``list_address`` and the facts for each sender (lowercased)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+    def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing
         """Release connections; the backend may be used again afterwards."""

@@ -1,0 +1,84 @@
+"""Who "the sender" is, exactly as Mailman 3 computes it.
+
+Mailman 3 (``email/message.py`` ``Message.senders``) walks ``sender_headers``
+(``from from_ reply-to sender``), parses every occurrence of each header with
+``email.utils.getaddresses``, lowercases, and drops addresses its validator
+(``email/validate.py``) refuses.  listgate must pick the same addresses or its
+prediction of the list's decision would be wrong, so this module copies those rules
+rather than using a "better" parser.  There is deliberately no ``+tag`` folding.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+#: Mailman's default ``[mailman] sender_headers``; ``from_`` is the envelope sender.
+SENDER_HEADERS = ("from", "from_", "reply-to", "sender")
+
+_VALID_LOCAL = re.compile(r"[-0-9a-z!#$%&'*+./=?@_`{}~]", re.IGNORECASE)
+_VALID_DOMAIN = re.compile(r"[-a-z0-9]", re.IGNORECASE)
+
+
+def is_valid(address: str) -> bool:
+    """Mailman 3's ``Validator.is_valid``: the addresses Mailman would consider at all."""
+    if not address or " " in address:
+        return False
+    local, at, domain = address.partition("@")
+    if not at:
+        return False
+    parts = domain.split(".")
+    if len(parts) < 2:
+        return False
+    if _VALID_LOCAL.sub("", local):
+        return False
+    return all(p and p[0] != "-" and not _VALID_DOMAIN.sub("", p) for p in parts)
+
+
+def strip_brackets(address: str) -> str:
+    """``<a@b>`` (as the MTA passes MAIL FROM / RCPT TO) -> ``a@b``; ``<>`` -> ``''``."""
+    a = address.strip()
+    if a.startswith("<") and a.endswith(">"):
+        a = a[1:-1]
+    # a source route (<@relay:user@dom>) is obsolete but legal: keep the mailbox
+    if a.startswith("@") and ":" in a:
+        a = a.split(":", 1)[1]
+    return a.strip()
+
+
+def header_addresses(values: Iterable[str]) -> list[str]:
+    """Every address in the given header values, lowercased, in order (may be invalid)."""
+    vals = [v for v in values if v]
+    if not vals:
+        return []
+    try:
+        pairs = email.utils.getaddresses(vals)
+    except Exception:  # noqa: BLE001 - a malformed header is "no address", never a crash
+        return []
+    return [addr.lower() for _name, addr in pairs if addr]
+
+
+def senders(headers: Mapping[str, Sequence[str]], envelope_sender: str) -> list[str]:
+    """The senders of a message in Mailman 3's order, duplicates kept, invalid ones dropped.
+
+    ``headers`` maps lowercased header names to all their values in order.
+    """
+    out: list[str] = []
+    for h in SENDER_HEADERS:
+        if h == "from_":
+            if envelope_sender:
+                out.append(envelope_sender.lower())
+        else:
+            out.extend(header_addresses(headers.get(h, ())))
+    return [s for s in out if is_valid(s)]
+
+
+def unique(addresses: Iterable[str]) -> tuple[str, ...]:
+    """Addresses without repeats, first occurrence kept (order matters to Mailman)."""
+    return tuple(dict.fromkeys(addresses))
+
+
+def domain_of(address: str) -> str:
+    """The lowercased domain of an address, '' if it has none."""
+    return address.rpartition("@")[2].lower() if "@" in address else ""

@@ -1,0 +1,67 @@
+"""SPF through pyspf, with the resolver and time bounds listgate is configured for.
+
+pyspf does the RFC 7208 work and writes the Received-SPF header; this module only
+points its DNS at the configured name servers, bounds the whole evaluation in time
+(it runs inside MAIL FROM, which Postfix times out after 30 s), and turns any
+surprise inside pyspf into a temperror instead of an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.nameserver
+import dns.resolver
+import spf
+
+log = logging.getLogger("listgate")
+
+
+@dataclass(frozen=True)
+class SpfResult:
+    result: str  #: pass, fail, softfail, neutral, none, permerror, temperror
+    identity: str  #: mailfrom or helo
+    explanation: str
+    header: str  #: the Received-SPF header value (RFC 7208 section 9.1)
+
+
+def configure_dns(nameservers: Sequence[tuple[str, int]], timeout: float) -> None:
+    """Point dnspython's default resolver (which pyspf uses) at the configured servers.
+
+    With no servers configured the system's /etc/resolv.conf is used.
+    """
+    if nameservers:
+        res = dns.resolver.Resolver(configure=False)
+        res.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in nameservers]
+    else:
+        res = dns.resolver.Resolver()
+    res.timeout = timeout
+    res.lifetime = timeout
+    dns.resolver.default_resolver = res
+
+
+class SpfChecker:
+    """Evaluates SPF for one identity of a connection."""
+
+    def __init__(self, receiver: str, timeout: float, dns_timeout: float) -> None:
+        self.receiver = receiver
+        self.timeout = timeout
+        self.dns_timeout = dns_timeout
+
+    def check(self, ip: str, sender: str, helo: str) -> SpfResult:
+        """SPF for MAIL FROM ``sender``, or for the HELO identity when sender is empty."""
+        identity = "mailfrom" if sender else "helo"
+        try:
+            q = spf.query(i=ip, s=sender, h=helo or "", receiver=self.receiver,
+                          timeout=min(self.dns_timeout, self.timeout), querytime=self.timeout)
+            result, _code, expl = q.check()
+            header = q.get_header(result, self.receiver)
+        except Exception as e:  # noqa: BLE001 - pyspf must never take the daemon down
+            log.warning("SPF evaluation failed for ip=%s sender=%r helo=%r: %s: %s",
+                        ip, sender, helo, type(e).__name__, e)
+            result, expl = "temperror", f"SPF evaluation error: {type(e).__name__}"
+            header = (f"temperror ({self.receiver}: {expl}) client-ip={ip}; "
+                      f"identity={identity}")
+        return SpfResult(result=result, identity=identity, explanation=str(expl), header=header)
