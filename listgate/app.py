@@ -1,0 +1,35 @@
+"""The composition root: builds the Engine from a Config.
+
+Shared by the daemon and ``listgate check`` so both make their decisions with the
+same resolver, backend, caches and SPF settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+from listgate.backends import open_backend
+from listgate.config import Config
+from listgate.engine import Engine
+from listgate.spfcheck import SpfChecker, configure_dns
+
+
+def load_is_dynip() -> Callable[[str, str], bool]:
+    """pymilter's dynamic-PTR heuristic (``Milter.dynip.is_dynip``)."""
+    from Milter.dynip import is_dynip
+
+    return is_dynip
+
+
+def receiver_name(cfg: Config) -> str:
+    """The name we write into Received-SPF: ``authserv_id`` or this host's FQDN."""
+    return cfg.milter.authserv_id or socket.getfqdn()
+
+
+def build_engine(cfg: Config, log: logging.Logger | None = None) -> Engine:
+    """Everything the decision needs, from the config; raises on a bad backend config."""
+    configure_dns(cfg.dns.nameservers, cfg.dns.timeout)
+    spf = SpfChecker(receiver_name(cfg), cfg.spf.timeout, cfg.dns.timeout)
+    return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log)

@@ -1,0 +1,51 @@
+"""The ``listgate`` command: serve, check, and the membership store's admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from listgate import __version__
+from listgate.config import ConfigError, load
+
+DEFAULT_CONFIG = "/etc/listgate/listgate.cfg"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-c", "--config", default=os.environ.get("LISTGATE_CONFIG",
+                                                                 DEFAULT_CONFIG),
+                        help=f"config file (default: $LISTGATE_CONFIG or {DEFAULT_CONFIG})")
+    parser = argparse.ArgumentParser(
+        prog="listgate",
+        description="Milter that rejects, at SMTP time, posts a mailing list would not accept.")
+    parser.add_argument("--version", action="version", version=f"listgate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", parents=[parent], help="run the milter daemon")
+    serve.set_defaults(func=_serve)
+    from listgate import admin, check
+
+    check.register(sub, parent)
+    admin.register(sub, parent)
+    return parser
+
+
+def _serve(args: argparse.Namespace, cfg: object) -> int:
+    from listgate.daemon import serve
+
+    return serve(cfg)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"listgate: config error: {e}", file=sys.stderr)
+        return 2
+    return args.func(args, cfg)

@@ -1,0 +1,496 @@
+"""The decision engine: SMTP facts in, verdicts out.  No pymilter here.
+
+One :class:`Engine` is built at start-up from the config (networks parsed, backend
+opened, caches made) and shared by all connections; each SMTP connection gets a
+:class:`Session` whose methods mirror the SMTP stages.  The milter module calls
+them from pymilter callbacks, and ``listgate check`` calls the very same methods
+from the command line, which is how an admin gets the daemon's exact answer offline.
+
+Rejections that depend on the connection or the HELO name are *delayed* to MAIL
+FROM, as Postfix does with ``smtpd_delay_reject``: the SMTP AUTH identity is only
+known there, and an authenticated user behind a numeric HELO must not be refused.
+It also lets the milter skip a reply round trip at connect and HELO.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from listgate import addresses
+from listgate.cache import TTLCache
+from listgate.config import Config
+from listgate.model import Backend, BackendError, ListFacts, owner_of
+from listgate.reply import Reply, clean
+from listgate.spfcheck import SpfChecker, SpfResult
+from listgate.verdict import MEMBER, ListVerdict, mailman3_verdict
+
+CONTINUE, ACCEPT, REJECT, TEMPFAIL = "continue", "accept", "reject", "tempfail"
+
+#: headers collected for the decision (and for later Received-chain checks)
+COLLECTED = frozenset({"from", "sender", "reply-to", "received", "message-id", "subject"})
+#: bounds against header floods: values kept per header name, characters per value
+MAX_VALUES_PER_HEADER = 100
+MAX_VALUE_CHARS = 16384
+VERDICT_HEADER = "X-Listgate-Verdict"
+OWN_HEADER_PREFIX = "x-listgate-"
+
+_SPF_REPLIES = {
+    # result: (reject reply, tempfail reply)
+    "fail": (("550", "5.7.23"), ("451", "4.7.23")),
+    "permerror": (("550", "5.7.24"), ("451", "4.7.24")),
+    "temperror": (("550", "5.7.24"), ("451", "4.7.24")),
+}
+#: softfail, neutral, none or pass refused by the admin's choice
+_SPF_OTHER = (("550", "5.7.1"), ("451", "4.7.1"))
+_NO_PTR = ("unknown", "")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to answer at one stage."""
+
+    action: str = CONTINUE
+    reply: Reply | None = None
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def refuses(self) -> bool:
+        return self.action in (REJECT, TEMPFAIL)
+
+
+OK = Decision()
+
+
+@dataclass
+class Rcpt:
+    """One RCPT TO and what became of it (the ``rcpts`` of ``listgate check``)."""
+
+    address: str
+    list: str | None = None
+    status: str = "accepted"  #: accepted, deferred (4xx) or rejected (5xx)
+    reply: Reply | None = None
+
+
+@dataclass
+class EomResult:
+    """The end-of-message answer plus the header changes to apply before it."""
+
+    decision: Decision
+    #: (name, value, index): index 0 = insert as the first header, -1 = append
+    add_headers: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (name, occurrence): delete that 1-based occurrence of the header
+    remove_headers: list[tuple[str, int]] = field(default_factory=list)
+    list_address: str | None = None
+    list_verdict: ListVerdict | None = None
+
+
+def _is_loopback(ip: str | None) -> bool:
+    return ip is not None and ipaddress.ip_address(ip).is_loopback
+
+
+def normalize_ip(ip: str) -> str:
+    """A canonical IP string; IPv4-mapped IPv6 (``::ffff:192.0.2.1``) becomes IPv4."""
+    addr = ipaddress.ip_address(ip.strip().strip("[]").removeprefix("IPv6:"))
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+def is_ip_literal(name: str) -> bool:
+    """A bare IPv4/IPv6 address (not the RFC 5321 ``[address-literal]`` form)."""
+    try:
+        ipaddress.ip_address(name.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _in_domains(domain: str, domains: Sequence[str]) -> bool:
+    """``domain`` is one of ``domains`` or a subdomain of one."""
+    return any(domain == d or domain.endswith("." + d) for d in domains)
+
+
+class ListLookups:
+    """The backend behind a TTL cache: what the daemon asks on the hot path."""
+
+    def __init__(self, backend: Backend, ttl: float, negative_ttl: float, size: int) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.lists = TTLCache(size)
+        self.facts = TTLCache(size)
+
+    def find_list(self, address: str) -> str | None:
+        key = address.lower()
+        hit = self.lists.get(key)
+        if not TTLCache.missing(hit):
+            return hit
+        found = self.backend.find_list(key)
+        self.lists.put(key, found, self.ttl if found else self.negative_ttl)
+        return found
+
+    def list_facts(self, list_address: str, senders: tuple[str, ...]) -> ListFacts:
+        key = (list_address, senders)
+        hit = self.facts.get(key)
+        if not TTLCache.missing(hit):
+            return hit
+        facts = self.backend.list_facts(list_address, senders)
+        self.facts.put(key, facts, self.ttl)
+        return facts
+
+    def clear(self) -> None:
+        self.lists.clear()
+        self.facts.clear()
+
+    def stats(self) -> str:
+        return (f"list cache {self.lists.hits} hits/{self.lists.misses} misses, "
+                f"facts cache {self.facts.hits} hits/{self.facts.misses} misses")
+
+
+class Engine:
+    """Everything shared by all connections, computed once at start-up."""
+
+    def __init__(self, cfg: Config, backend: Backend, spf: SpfChecker | None,
+                 is_dynip: Callable[[str, str], bool],
+                 log: logging.Logger | None = None) -> None:
+        self.cfg = cfg
+        self.log = log or logging.getLogger("listgate")
+        self.backend = backend
+        self.lookups = ListLookups(backend, cfg.lists.cache_ttl, cfg.lists.negative_cache_ttl,
+                                   cfg.lists.cache_size)
+        self.spf = spf
+        self.is_dynip = is_dynip
+        self.observe = cfg.milter.mode == "observe"
+        self.internal_nets = cfg.network.internal_connect
+        self.trusted_nets = cfg.network.trusted_relay
+        self.internal_domains = cfg.network.internal_domains
+        self.hello_blacklist = cfg.network.hello_blacklist
+        self.spf_actions = cfg.section("spf")
+        self.one_list = cfg.lists.one_list_per_transaction
+        self.fail_open = cfg.lists.on_backend_error == "accept"
+
+    def session(self, conn_id: str) -> Session:
+        return Session(self, conn_id)
+
+    def in_nets(self, ip: str | None, nets: Sequence[Any]) -> bool:
+        if ip is None:
+            return False
+        addr = ipaddress.ip_address(ip)
+        return any(addr.version == n.version and addr in n for n in nets)
+
+
+class Session:
+    """One SMTP connection.  Methods are called in SMTP order; each returns a Decision."""
+
+    def __init__(self, engine: Engine, conn_id: str) -> None:
+        self.engine = engine
+        self.conn_id = conn_id
+        self.hostname = ""
+        self.ip: str | None = None
+        self.internal = False
+        self.trusted = False
+        self.dynamic = False
+        self.authenticated = False
+        self.helo_name: str | None = None
+        #: a refusal decided at connect/HELO, given at MAIL FROM (delayed reject)
+        self.pending: tuple[str, Decision] | None = None
+        self.stage = "connect"
+        self._reset_transaction()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self.queue_id: str | None = None
+        self.mail_from: str | None = None
+        self.spf: SpfResult | None = None
+        self.rcpts: list[Rcpt] = []
+        self.headers: dict[str, list[str]] = {}
+        self.own_headers: list[tuple[str, int]] = []
+        self._own_counts: dict[str, int] = {}
+        #: in observe mode: the first refusal enforce mode would have given
+        self.observed: tuple[str, Decision] | None = None
+
+    def log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
+        qid = f" {self.queue_id}:" if self.queue_id else ""
+        self.engine.log.log(level, f"[{self.conn_id}]{qid} {msg}", *args)
+
+    @property
+    def client_class(self) -> list[str]:
+        """bms.py style: INTERNAL, or EXTERNAL plus DYN and/or TRUSTED."""
+        if self.internal:
+            return ["INTERNAL"]
+        cls = ["EXTERNAL"]
+        if self.dynamic:
+            cls.append("DYN")
+        if self.trusted:
+            cls.append("TRUSTED")
+        return cls
+
+    def _refuse(self, stage: str, decision: Decision) -> Decision:
+        """Log a refusal and give it, or in observe mode log what would have happened."""
+        tag = "REJECT" if decision.action == REJECT else "TEMPFAIL"
+        reasons = "; ".join(decision.reasons)
+        if self.engine.observe:
+            self.log("OBSERVE: would %s at %s: %s (%s)", tag, stage, reasons, decision.reply)
+            if self.observed is None:
+                self.observed = (stage, decision)
+            return OK
+        self.log("%s: %s (%s)", tag, reasons, decision.reply)
+        return decision
+
+    # -- SMTP stages -------------------------------------------------------------------
+
+    def connect(self, hostname: str, ip: str | None) -> Decision:
+        """Classify the client.  ``ip`` is None for a unix-socket (local) connection."""
+        eng = self.engine
+        self.hostname = hostname or ""
+        try:
+            self.ip = normalize_ip(ip) if ip else None
+        except ValueError:
+            self.ip = None
+            self.log("connect from %s: unparsable address %r, treated as local",
+                     clean(hostname), clean(ip), level=logging.WARNING)
+        if self.ip is None:
+            self.internal = True
+        else:
+            self.internal = eng.in_nets(self.ip, eng.internal_nets)
+            self.trusted = eng.in_nets(self.ip, eng.trusted_nets)
+            no_ptr = (self.hostname.lower() in _NO_PTR
+                      or self.hostname.startswith("["))
+            try:
+                dyn = eng.is_dynip(self.hostname, self.ip)
+            except Exception:  # noqa: BLE001 - a heuristic must not break a connection
+                dyn = False
+            self.dynamic = no_ptr or bool(dyn)
+        self.log("connect from %s at %s %s", clean(self.hostname, 255), self.ip or "local",
+                 " ".join(self.client_class))
+        if (not self.internal and self.hostname.lower().rstrip(".") in ("localhost", "")
+                and self.hostname and not _is_loopback(self.ip)) or self.hostname == ".":
+            self.pending = ("connect", Decision(REJECT, Reply("550", "5.7.1",
+                            f"Your reverse DNS name {clean(self.hostname)} is bogus"),
+                            (f"PTR is {clean(self.hostname)} from non-loopback IP {self.ip}",)))
+        return OK
+
+    def helo(self, name: str) -> Decision:
+        """Remember the HELO name; a bad one is refused at MAIL FROM (see module doc)."""
+        self.helo_name = name
+        self.stage = "helo"
+        self.log("hello from %s", clean(name, 255))
+        if self.internal or self.pending:
+            return OK
+        bare = name.strip()
+        if is_ip_literal(bare):
+            self.pending = ("helo", Decision(REJECT, Reply(
+                "550", "5.7.1", "HELO name cannot be a bare IP address; use a host name"),
+                (f"numeric hello name: {clean(bare)}",)))
+        elif _in_domains(bare.lower().rstrip("."), self.engine.hello_blacklist):
+            self.pending = ("helo", Decision(REJECT, Reply(
+                "550", "5.7.1", f"HELO name {clean(bare)} is ours: you are not"),
+                (f"spam from self: {clean(bare)}",)))
+        return OK
+
+    def mail(self, sender: str, auth_user: str | None = None,
+             queue_id: str | None = None) -> Decision:
+        """MAIL FROM: SMTP AUTH, delayed connect/HELO refusals, domain rules, SPF."""
+        self._reset_transaction()
+        self.stage = "mail"
+        self.queue_id = queue_id or None
+        self.mail_from = addresses.strip_brackets(sender)
+        if auth_user:
+            self.authenticated = True
+            self.internal = True
+        eng = self.engine
+        self.log("mail from <%s>%s", clean(self.mail_from, 255),
+                 f" auth={clean(auth_user)}" if auth_user else "")
+        if not self.internal:
+            if self.pending:
+                stage, decision = self.pending
+                self.stage = stage
+                return self._refuse(stage, decision)
+            if self.helo_name is None:
+                self.stage = "helo"
+                return self._refuse("helo", Decision(REJECT, Reply(
+                    "550", "5.7.1", "Say HELO or EHLO first"), ("no HELO before MAIL FROM",)))
+        domain = addresses.domain_of(self.mail_from)
+        if eng.internal_domains and domain:
+            ours = _in_domains(domain, eng.internal_domains)
+            if ours and not self.internal and not self.trusted:
+                return self._refuse("mail", Decision(REJECT, Reply(
+                    "550", "5.7.1", f"You are not in the network of {clean(domain)}"),
+                    (f"external client using internal domain {clean(domain)}",)))
+            if not ours and self.internal and not self.authenticated:
+                self.log("internal host %s sends as foreign domain %s: possibly compromised",
+                         self.ip or "local", clean(domain), level=logging.WARNING)
+                if eng.cfg.network.reject_foreign_internal:
+                    return self._refuse("mail", Decision(REJECT, Reply(
+                        "550", "5.7.1", f"Internal hosts may not send as {clean(domain)}"),
+                        (f"internal client using foreign domain {clean(domain)}",)))
+        if not self.internal and not self.trusted and eng.spf and self.ip:
+            return self._spf()
+        return OK
+
+    def _spf(self) -> Decision:
+        eng = self.engine
+        assert eng.spf is not None and self.ip is not None
+        self.spf = eng.spf.check(self.ip, self.mail_from or "", self.helo_name or "")
+        res = self.spf
+        action = eng.spf_actions.get(res.result, "accept")
+        self.log("SPF %s identity=%s: %s", res.result, res.identity, clean(res.explanation, 200))
+        if action == ACCEPT:
+            return OK
+        (rcode, rx), (tcode, tx) = _SPF_REPLIES.get(res.result, _SPF_OTHER)
+        who = clean(self.mail_from or f"postmaster@{self.helo_name}")
+        if action == REJECT:
+            reply = Reply(rcode, rx, f"SPF {res.result} for {who}: {clean(res.explanation)}")
+            return self._refuse("mail", Decision(REJECT, reply, (f"SPF {res.result}",)))
+        reply = Reply(tcode, tx,
+                      f"SPF {res.result} for {who}: {clean(res.explanation)}; try again later")
+        return self._refuse("mail", Decision(TEMPFAIL, reply, (f"SPF {res.result}",)))
+
+    def rcpt(self, recipient: str) -> Decision:
+        """RCPT TO: is it a list post, and may it share this transaction?"""
+        self.stage = "rcpt"
+        addr = addresses.strip_brackets(recipient)
+        rc = Rcpt(addr)
+        self.rcpts.append(rc)
+        try:
+            rc.list = self.engine.lookups.find_list(addr)
+        except BackendError as e:
+            return self._rcpt_backend_error(rc, e)
+        accepted = [r for r in self.rcpts[:-1] if r.status == "accepted"]
+        if self.engine.one_list and not self.engine.observe and accepted and (
+                rc.list or any(r.list for r in accepted)):
+            rc.status = "deferred"
+            rc.reply = Reply("452", "4.5.3", "Please send each list post in a separate transaction")
+            self.log("DEFER: rcpt to <%s>%s: one list post per transaction (%s)", clean(addr, 255),
+                     f" list={rc.list}" if rc.list else "", rc.reply)
+            return Decision(TEMPFAIL, rc.reply, ("one list post per transaction",))
+        self.log("rcpt to <%s>%s", clean(addr, 255), f" list={rc.list}" if rc.list else "")
+        return OK
+
+    def _rcpt_backend_error(self, rc: Rcpt, err: BackendError) -> Decision:
+        if self.engine.fail_open:
+            self.log("rcpt to <%s>: backend error, accepted UNCHECKED "
+                     "(on_backend_error=accept): %s", clean(rc.address, 255), err,
+                     level=logging.WARNING)
+            return OK
+        rc.reply = Reply("451", "4.3.0", "Temporary failure looking up the recipient list; "
+                                         "try again later")
+        decision = Decision(TEMPFAIL, rc.reply, (f"backend error: {err}",))
+        if self.engine.observe:
+            return self._refuse("rcpt", decision)
+        rc.status = "deferred"
+        self.log("TEMPFAIL: rcpt to <%s>: backend error: %s (%s)", clean(rc.address, 255), err,
+                 rc.reply, level=logging.WARNING)
+        return decision
+
+    def header(self, name: str, value: str) -> None:
+        """Collect the headers the decision needs, and note our own for removal."""
+        lname = name.lower()
+        if lname in COLLECTED:
+            values = self.headers.setdefault(lname, [])
+            if len(values) < MAX_VALUES_PER_HEADER:
+                values.append(value[:MAX_VALUE_CHARS])
+        elif lname.startswith(OWN_HEADER_PREFIX):
+            n = self._own_counts.get(lname, 0) + 1
+            self._own_counts[lname] = n
+            self.own_headers.append((name, n))
+
+    def eom(self) -> EomResult:
+        """End of message: the list verdict for each list recipient, and header changes."""
+        self.stage = "eom"
+        result = EomResult(OK)
+        # remove forged copies of our own headers, last occurrence first so indexes hold
+        result.remove_headers = sorted(self.own_headers, key=lambda h: -h[1])
+        lists = [r.list for r in self.rcpts if r.list and r.status == "accepted"]
+        decision = OK
+        if lists:
+            decision, result.list_address, result.list_verdict = self._list_decision(lists)
+        if decision.refuses and not self.engine.observe:
+            result.decision = decision
+            return result
+        if decision.refuses:
+            self.log("OBSERVE: would %s: %s (%s)", decision.action.upper(),
+                     "; ".join(decision.reasons), decision.reply)
+            if self.observed is None:
+                self.observed = ("eom", decision)
+        elif lists:
+            self.log("ACCEPT: %s", "; ".join(decision.reasons))
+        if self.spf is not None:
+            result.add_headers.append(("Received-SPF", self.spf.header, 0))
+        if self.engine.observe:
+            if self.observed:
+                stage, d = self.observed
+                would = f"{d.action}; stage={stage}; " + "; ".join(d.reasons)
+            else:
+                would = "accept; " + ("; ".join(decision.reasons) or "not a list post")
+            result.add_headers.append((VERDICT_HEADER, clean(would, 900), -1))
+        result.decision = Decision(CONTINUE, None, decision.reasons)
+        return result
+
+    def senders(self) -> tuple[str, ...]:
+        """The message's senders in Mailman's order, without repeats."""
+        return addresses.unique(addresses.senders(self.headers, self.mail_from or ""))
+
+    def _list_decision(self, lists: list[str]) -> tuple[Decision, str | None, ListVerdict | None]:
+        """The combined answer for all list recipients: any refusal refuses the message,
+        a rejection before a tempfail."""
+        senders = self.senders()
+        results = [self._one_list(list_address, senders) for list_address in dict.fromkeys(lists)]
+        refusals = [r for r in results if r[0].refuses]
+        if refusals:
+            return next((r for r in refusals if r[0].action == REJECT), refusals[0])
+        reasons = tuple(reason for d, _l, _v in results for reason in d.reasons)
+        return Decision(CONTINUE, None, reasons), results[0][1], results[0][2]
+
+    def _one_list(self, list_address: str, senders: tuple[str, ...]
+                  ) -> tuple[Decision, str, ListVerdict | None]:
+        eng = self.engine
+        try:
+            facts = eng.lookups.list_facts(list_address, senders)
+        except BackendError as e:
+            if eng.fail_open:
+                self.log("list=%s backend error, accepted UNCHECKED (on_backend_error=accept): %s",
+                         list_address, e, level=logging.WARNING)
+                return (Decision(CONTINUE, None, (f"list={list_address} unchecked: {e}",)),
+                        list_address, None)
+            d = Decision(TEMPFAIL, Reply("451", "4.3.0", "Temporary failure checking list "
+                                                         "membership; try again later"),
+                         (f"list={list_address} backend error: {e}",))
+            if not eng.observe:
+                self.log("TEMPFAIL: %s (%s)", d.reasons[0], d.reply, level=logging.WARNING)
+            return d, list_address, None
+        verdict = mailman3_verdict(facts)
+        kind = f"({verdict.hold_kind})" if verdict.hold_kind else ""
+        summary = clean(f"list={list_address} verdict={verdict.action}{kind} rule={verdict.rule} "
+                        f"senders={','.join(senders) or '-'}: " + "; ".join(verdict.reasons), 600)
+        d = self._map_verdict(list_address, verdict, senders)
+        if d.refuses and not eng.observe:
+            self.log("%s: %s (%s)", "REJECT" if d.action == REJECT else "TEMPFAIL", summary,
+                     d.reply)
+        return Decision(d.action, d.reply, (summary,)), list_address, verdict
+
+    def _map_verdict(self, list_address: str, verdict: ListVerdict,
+                     senders: tuple[str, ...]) -> Decision:
+        """Turn what the list would do into the SMTP answer the admin configured."""
+        cfg = self.engine.cfg
+        action = verdict.action
+        if action == "hold":
+            key = "member_hold_action" if verdict.hold_kind == MEMBER else "nonmember_hold_action"
+            action = cfg.for_list(list_address, key)
+            if action == TEMPFAIL:
+                return Decision(TEMPFAIL, Reply(
+                    "451", "4.7.1", f"Your post to {clean(list_address)} awaits moderation; "
+                                    "try again later"))
+        if action == ACCEPT:
+            return OK
+        values = {"list": clean(list_address, 100),
+                  "owner": clean(owner_of(list_address), 100),
+                  "sender": clean(senders[0] if senders else (self.mail_from or "<>"), 100)}
+        text = cfg.for_list(list_address, "reject_message") % values
+        return Decision(REJECT, Reply("550", "5.7.1", text))
+

@@ -1,0 +1,351 @@
+"""The decision engine stage by stage, with a dict-backed backend and a scripted SPF.
+
+These are unit tests of pure logic; the real backend, DNS and MTA are exercised by
+the protocol and end-to-end tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from listgate import config
+from listgate.engine import CONTINUE, REJECT, TEMPFAIL, Engine, Session
+from listgate.model import Backend, BackendError, ListFacts, ListPolicy, SenderFacts
+from listgate.spfcheck import SpfResult
+
+LIST = "dev@lists.test"
+OTHER = "ops@lists.test"
+
+
+class DictBackend(Backend):
+    name = "dict"
+
+    def __init__(self) -> None:
+        self.policies = {LIST: ListPolicy(LIST), OTHER: ListPolicy(OTHER)}
+        self.members: dict[str, dict[str, str | None]] = {LIST: {"m@x.org": None}, OTHER: {}}
+        self.broken = False
+        self.calls = 0
+
+    def find_list(self, address: str) -> str | None:
+        if self.broken:
+            raise BackendError("sqlite /nope: unable to open database file")
+        return address if address in self.policies else None
+
+    def list_facts(self, list_address: str, senders: Sequence[str]) -> ListFacts:
+        self.calls += 1
+        if self.broken:
+            raise BackendError("sqlite /nope: unable to open database file")
+        m = self.members[list_address]
+        return ListFacts(self.policies[list_address], tuple(
+            SenderFacts(s, is_member=s in m, member_action=m.get(s)) for s in senders))
+
+
+class ScriptedSpf:
+    def __init__(self, result: str = "pass") -> None:
+        self.result = result
+        self.calls: list[tuple[str, str, str]] = []
+
+    def check(self, ip: str, sender: str, helo: str) -> SpfResult:
+        self.calls.append((ip, sender, helo))
+        return SpfResult(self.result, "mailfrom" if sender else "helo", "explained %",
+                         f"{self.result.capitalize()} (test) client-ip={ip}")
+
+
+def make(cfgtext: str = "", spf: str = "pass", dyn: bool = False,
+         backend: DictBackend | None = None) -> tuple[Engine, DictBackend, ScriptedSpf]:
+    cfg = config.parse("[network]\ninternal_connect = 10.0.0.0/8\n" + cfgtext, "t.cfg")
+    b = backend or DictBackend()
+    s = ScriptedSpf(spf)
+    return Engine(cfg, b, s, lambda host, ip: dyn), b, s  # type: ignore[arg-type]
+
+
+def external(engine: Engine, helo: str | None = "mail.x.org", ip: str = "192.0.2.1",
+             host: str = "mail.x.org") -> Session:
+    s = engine.session("1")
+    s.connect(host, ip)
+    if helo is not None:
+        s.helo(helo)
+    return s
+
+
+def post(s: Session, frm: str, rcpt: str = LIST, mail_from: str = "bounce@x.org"):
+    assert s.mail(mail_from).action == CONTINUE
+    assert s.rcpt(rcpt).action == CONTINUE
+    s.header("From", frm)
+    return s.eom()
+
+
+# -- connection classes ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("host", "ip", "cfg", "dyn", "cls"), [
+    ("gw.x.org", "10.1.2.3", "", False, ["INTERNAL"]),
+    ("mail.x.org", "192.0.2.1", "", False, ["EXTERNAL"]),
+    ("[192.0.2.1]", "192.0.2.1", "", False, ["EXTERNAL", "DYN"]),
+    ("unknown", "192.0.2.1", "", False, ["EXTERNAL", "DYN"]),
+    ("dsl-1-2-3-4.isp.net", "192.0.2.1", "", True, ["EXTERNAL", "DYN"]),
+    ("relay.x.org", "192.0.2.1", "trusted_relay = 192.0.2.0/24\n", False,
+     ["EXTERNAL", "TRUSTED"]),
+    ("v6.x.org", "2001:db8::1", "trusted_relay = 2001:db8::/32\n", False,
+     ["EXTERNAL", "TRUSTED"]),
+    ("m.x.org", "::ffff:10.0.0.5", "", False, ["INTERNAL"]),
+    ("localhost", None, "", False, ["INTERNAL"]),
+])
+def test_classification(host: str, ip: str | None, cfg: str, dyn: bool, cls: list[str]) -> None:
+    engine, _, _ = make(cfg, dyn=dyn)
+    s = engine.session("1")
+    s.connect(host, ip)
+    assert s.client_class == cls
+
+
+def test_localhost_ptr_from_outside_rejected_at_mail() -> None:
+    engine, _, _ = make()
+    s = external(engine, host="localhost")
+    d = s.mail("a@x.org")
+    assert d.action == REJECT and str(d.reply).startswith("550 5.7.1")
+    assert s.stage == "connect"
+
+
+# -- HELO -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("helo", ["192.0.2.1", "2001:db8::1", " 10.0.0.1 "])
+def test_numeric_helo_rejected(helo: str) -> None:
+    engine, _, _ = make()
+    s = external(engine, helo=helo)
+    d = s.mail("a@x.org")
+    assert (d.action, d.reply.code, d.reply.xcode) == (REJECT, "550", "5.7.1")
+    assert "numeric hello" in d.reasons[0] and s.stage == "helo"
+
+
+def test_address_literal_helo_is_fine() -> None:
+    engine, _, _ = make()
+    assert external(engine, helo="[192.0.2.1]").mail("a@x.org").action == CONTINUE
+
+
+def test_hello_blacklist_and_subdomains() -> None:
+    engine, _, _ = make("hello_blacklist = lists.test\n")
+    d = external(engine, helo="mx.LISTS.test").mail("a@x.org")
+    assert d.action == REJECT and "spam from self" in d.reasons[0]
+
+
+def test_no_helo_rejected_at_mail_but_internal_and_auth_exempt() -> None:
+    engine, _, _ = make()
+    d = external(engine, helo=None).mail("a@x.org")
+    assert d.action == REJECT and d.reasons == ("no HELO before MAIL FROM",)
+    s = engine.session("2")
+    s.connect("gw", "10.0.0.1")
+    assert s.mail("a@x.org").action == CONTINUE
+    s = external(engine, helo="192.0.2.1")
+    assert s.mail("a@x.org", auth_user="alice").action == CONTINUE
+    assert s.client_class == ["INTERNAL"]
+
+
+# -- MAIL FROM --------------------------------------------------------------------------------
+
+def test_internal_domain_forgery_and_foreign_internal() -> None:
+    engine, _, _ = make("internal_domains = x.org\nreject_foreign_internal = yes\n")
+    d = external(engine).mail("ceo@sub.x.org")
+    assert d.action == REJECT and "internal domain" in d.reasons[0]
+    s = engine.session("2")
+    s.connect("gw", "10.0.0.1")
+    d = s.mail("spam@elsewhere.net")
+    assert d.action == REJECT and "foreign domain" in d.reasons[0]
+
+
+def test_foreign_internal_only_logged_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    engine, _, _ = make("internal_domains = x.org\n")
+    s = engine.session("2")
+    s.connect("gw", "10.0.0.1")
+    assert s.mail("spam@elsewhere.net").action == CONTINUE
+    assert "possibly compromised" in caplog.text
+
+
+@pytest.mark.parametrize(("result", "action", "code"), [
+    ("pass", CONTINUE, None), ("softfail", CONTINUE, None), ("neutral", CONTINUE, None),
+    ("none", CONTINUE, None), ("fail", REJECT, "550 5.7.23"),
+    ("permerror", REJECT, "550 5.7.24"), ("temperror", TEMPFAIL, "451 4.7.24"),
+])
+def test_spf_default_policy(result: str, action: str, code: str | None) -> None:
+    engine, _, _ = make(spf=result)
+    d = external(engine).mail("a@x.org")
+    assert d.action == action
+    assert (str(d.reply)[:10] if d.reply else None) == code
+
+
+def test_spf_policy_configurable_and_null_sender_uses_helo() -> None:
+    engine, _, spf = make("[spf]\nsoftfail = tempfail\nfail = accept\n", spf="softfail")
+    s = external(engine)
+    d = s.mail("<>")
+    assert d.action == TEMPFAIL and str(d.reply).startswith("451 4.7.1 SPF softfail")
+    assert spf.calls == [("192.0.2.1", "", "mail.x.org")]
+    engine, _, _ = make("[spf]\nfail = accept\n", spf="fail")
+    assert external(engine).mail("a@x.org").action == CONTINUE
+
+
+def test_spf_skipped_for_internal_and_trusted() -> None:
+    engine, _, spf = make("trusted_relay = 192.0.2.0/24\n", spf="fail")
+    assert external(engine).mail("a@x.org").action == CONTINUE
+    s = engine.session("2")
+    s.connect("gw", "10.0.0.1")
+    assert s.mail("a@x.org").action == CONTINUE
+    assert spf.calls == []
+
+
+# -- RCPT ---------------------------------------------------------------------------------------
+
+def test_one_list_per_transaction() -> None:
+    engine, _, _ = make()
+    s = external(engine)
+    s.mail("a@x.org")
+    assert s.rcpt("<Dev@Lists.Test>").action == CONTINUE
+    assert s.rcpts[0].list == LIST
+    for r in (OTHER, "person@x.org", "dev-request@lists.test"):
+        d = s.rcpt(r)
+        assert d.action == TEMPFAIL
+        assert str(d.reply) == "452 4.5.3 Please send each list post in a separate transaction"
+    s = external(engine)
+    s.mail("a@x.org")
+    assert s.rcpt("person@x.org").action == CONTINUE
+    assert s.rcpt("dev-owner@lists.test").action == CONTINUE
+    assert s.rcpt(LIST).action == TEMPFAIL
+
+
+def test_several_lists_when_allowed_any_refusal_refuses() -> None:
+    engine, _, _ = make("[lists]\none_list_per_transaction = no\n")
+    s = external(engine)
+    s.mail("a@x.org")
+    assert s.rcpt(LIST).action == CONTINUE
+    assert s.rcpt(OTHER).action == CONTINUE
+    s.header("From", "m@x.org")
+    r = s.eom()
+    assert r.decision.action == REJECT and r.list_address == OTHER
+    assert str(r.decision.reply) == (
+        "550 5.7.1 You are not permitted to post to ops@lists.test."
+        " Contact ops-owner@lists.test for help.")
+
+
+def test_backend_error_at_rcpt_tempfails_or_fails_open() -> None:
+    b = DictBackend()
+    b.broken = True
+    engine, _, _ = make(backend=b)
+    s = external(engine)
+    s.mail("a@x.org")
+    d = s.rcpt(LIST)
+    assert d.action == TEMPFAIL and str(d.reply).startswith("451 4.3.0")
+    engine, _, _ = make("[lists]\non_backend_error = accept\n", backend=b)
+    s = external(engine)
+    s.mail("a@x.org")
+    assert s.rcpt(LIST).action == CONTINUE
+
+
+# -- end of message ---------------------------------------------------------------
+
+def test_member_accepted_with_received_spf_first() -> None:
+    engine, _, _ = make()
+    r = post(external(engine), "Member <M@X.org>")
+    assert r.decision.action == CONTINUE and r.list_verdict.action == "accept"
+    assert r.add_headers == [("Received-SPF", "Pass (test) client-ip=192.0.2.1", 0)]
+
+
+def test_nonmember_rejected_with_template_and_sanitised_values() -> None:
+    engine, _, _ = make("[lists]\nreject_message = No %(sender)s on %(list)s, 100%% sure\n")
+    r = post(external(engine), '"x" <evil%\r\n250@x.org>')
+    assert r.decision.action == REJECT
+    assert str(r.decision.reply).startswith("550 5.7.1 No ")
+    assert "\r" not in str(r.decision.reply) and "100% sure" in str(r.decision.reply)
+
+
+@pytest.mark.parametrize(("cfg", "action", "code"), [
+    ("", REJECT, "550 5.7.1"),
+    ("[lists]\nnonmember_hold_action = accept\n", CONTINUE, None),
+    ("[lists]\nnonmember_hold_action = tempfail\n", TEMPFAIL, "451 4.7.1"),
+    (f"[list:{LIST}]\nnonmember_hold_action = accept\n", CONTINUE, None),
+])
+def test_nonmember_hold_action(cfg: str, action: str, code: str | None) -> None:
+    engine, _, _ = make(cfg)
+    r = post(external(engine), "stranger@y.org")
+    assert r.decision.action == action
+    assert (str(r.decision.reply)[:9] if r.decision.reply else None) == code
+
+
+@pytest.mark.parametrize(("cfg", "action"), [
+    ("", CONTINUE), ("[lists]\nmember_hold_action = reject\n", REJECT),
+])
+def test_member_hold_action(cfg: str, action: str) -> None:
+    b = DictBackend()
+    b.members[LIST]["m@x.org"] = "hold"
+    engine, _, _ = make(cfg, backend=b)
+    r = post(external(engine), "m@x.org")
+    assert r.list_verdict.action == "hold" and r.decision.action == action
+
+
+def test_envelope_member_counts_and_null_sender_without_from_is_refused() -> None:
+    engine, _, _ = make()
+    r = post(external(engine), "stranger@y.org", mail_from="m@x.org")
+    assert r.decision.action == CONTINUE
+    s = external(engine)
+    s.mail("<>")
+    s.rcpt(LIST)
+    r = s.eom()
+    assert r.decision.action == REJECT and r.list_verdict.rule == "no-senders"
+
+
+def test_backend_error_at_eom() -> None:
+    b = DictBackend()
+    engine, _, _ = make(backend=b)
+    s = external(engine)
+    s.mail("a@x.org")
+    s.rcpt(LIST)
+    b.broken = True
+    s.header("From", "m@x.org")
+    r = s.eom()
+    assert r.decision.action == TEMPFAIL and str(r.decision.reply).startswith("451 4.3.0")
+
+
+def test_facts_are_cached() -> None:
+    engine, b, _ = make()
+    for _ in range(3):
+        post(external(engine), "m@x.org")
+    assert b.calls == 1
+
+
+def test_own_headers_removed_last_first() -> None:
+    engine, _, _ = make()
+    s = external(engine)
+    s.mail("a@x.org")
+    s.rcpt("person@x.org")
+    s.header("X-Listgate-Verdict", "accept; forged")
+    s.header("x-listgate-verdict", "accept; forged again")
+    s.header("X-Listgate-Trusted", "submission=1.2.3.4")
+    r = s.eom()
+    assert r.decision.action == CONTINUE
+    assert r.remove_headers == [("x-listgate-verdict", 2), ("X-Listgate-Verdict", 1),
+                                ("X-Listgate-Trusted", 1)]
+
+
+def test_header_flood_is_bounded() -> None:
+    engine, _, _ = make()
+    s = external(engine)
+    s.mail("a@x.org")
+    for i in range(1000):
+        s.header("Received", f"from h{i} " + "x" * 100000)
+    assert len(s.headers["received"]) == 100
+    assert max(len(v) for v in s.headers["received"]) <= 16384
+
+
+def test_observe_mode_never_refuses_and_reports() -> None:
+    engine, _, _ = make("[milter]\nmode = observe\n", spf="fail")
+    s = external(engine, helo="192.0.2.9")
+    assert s.mail("a@x.org").action == CONTINUE
+    assert s.rcpt(LIST).action == CONTINUE
+    assert s.rcpt(OTHER).action == CONTINUE  # no 452 in observe mode
+    s.header("From", "stranger@y.org")
+    r = s.eom()
+    assert r.decision.action == CONTINUE
+    name, value, _ = r.add_headers[-1]
+    assert name == "X-Listgate-Verdict"
+    assert value.startswith("reject; stage=helo; numeric hello name")
+    engine, _, _ = make("[milter]\nmode = observe\n")
+    r = post(external(engine), "m@x.org")
+    assert r.add_headers[-1][1].startswith("accept; list=dev@lists.test verdict=accept")
