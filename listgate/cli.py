@@ -13,13 +13,16 @@ DEFAULT_CONFIG = "/etc/listgate/listgate.cfg"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: $LISTGATE_CONFIG or {DEFAULT_CONFIG})"
+    # -c is accepted before and after the command; SUPPRESS keeps the command's
+    # parser from overwriting a -c given before it
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("-c", "--config", default=os.environ.get("LISTGATE_CONFIG",
-                                                                 DEFAULT_CONFIG),
-                        help=f"config file (default: $LISTGATE_CONFIG or {DEFAULT_CONFIG})")
+    parent.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(
         prog="listgate",
         description="Milter that rejects, at SMTP time, posts a mailing list would not accept.")
+    parser.add_argument("-c", "--config", help=config_help,
+                        default=os.environ.get("LISTGATE_CONFIG", DEFAULT_CONFIG))
     parser.add_argument("--version", action="version", version=f"listgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", parents=[parent], help="run the milter daemon")

@@ -1,0 +1,459 @@
+"""``listgate db|lists|members|bans``: the admin commands for the embedded SQLite store.
+
+These edit the store the daemon reads (``[sqlite] path``).  The daemon opens the
+file read-only and notices every committed change on its next query (after the
+engine's cache TTL), so there is nothing to reload.  Writing commands create the
+database on first use; reading commands on a missing database fail, naming the
+path, rather than showing an empty store that is not the one the daemon reads.
+
+Exit status: 0 success, 1 operational error (no such list, no database, I/O),
+2 usage or validation error (a bad address, action or option).  Errors go to
+stderr as ``listgate: <message>``.
+
+Commands::
+
+    listgate db init
+    listgate lists create LIST [--default-member-action A]
+                               [--default-nonmember-action A] [--emergency yes|no]
+    listgate lists delete LIST
+    listgate lists show LIST             # JSON: the policy plus member/nonmember/ban counts
+    listgate lists ls                    # one posting address per line
+    listgate lists set LIST KEY VALUE
+    listgate lists export FILE.json      # '-' = stdout
+    listgate lists import FILE.json [--prune]   # '-' = stdin
+    listgate members add LIST [ADDR ...] [--file F] [--nonmember] [--moderation-action A]
+    listgate members remove LIST [ADDR ...] [--file F] [--nonmember]
+    listgate members ls LIST [--nonmember]      # "address<TAB>action" per line
+    listgate bans add ENTRY ... [--list LIST]
+    listgate bans remove ENTRY ... [--list LIST]
+    listgate bans ls [--list LIST]
+
+Actions are Mailman 3's: hold, reject, discard, accept, defer.  ``lists set`` keys:
+default_member_action, default_nonmember_action, emergency (yes/no) and the four
+lists accept_these_nonmembers, hold_these_nonmembers, reject_these_nonmembers,
+discard_these_nonmembers, whose VALUE is comma-separated (an empty string clears
+the list) or, for regexps that contain commas, a JSON array such as
+``'["^a{1,3}@example\\\\.com", "bob@example.org"]'``.  Entries are an exact address,
+a ``^regexp`` or (accept list only) ``@list@domain``; like Mailman, exact entries
+are compared case-sensitively to the lowercased sender, so keep them lowercase.
+Ban entries are an exact address or a ``^regexp`` (matched case-insensitively).
+
+``members add`` is an upsert: an existing member gets the ``--moderation-action``
+given, or none (= the list's default) when the option is left out.
+
+Export format (``lists export``; ``lists import`` reads the same)::
+
+    {
+      "version": 1,
+      "lists": [
+        {
+          "address": "dev@example.org",
+          "default_member_action": "defer",
+          "default_nonmember_action": "hold",
+          "emergency": false,
+          "accept_these_nonmembers": ["^.*@example\\\\.org$", "@announce@example.org"],
+          "hold_these_nonmembers": [],
+          "reject_these_nonmembers": [],
+          "discard_these_nonmembers": [],
+          "members": [{"address": "alice@example.org", "moderation_action": null}],
+          "nonmembers": [{"address": "bot@example.net", "moderation_action": "accept"}]
+        }
+      ],
+      "bans": [{"list": null, "entry": "^.*@spam\\\\.example$"},
+               {"list": "dev@example.org", "entry": "troll@example.com"}]
+    }
+
+``list`` null in a ban means a global ban.  On import, every key of a list but
+``address`` is optional (missing = Mailman's default or empty); unknown keys are
+errors.  Each list in the file replaces that list entirely (settings, members,
+nonmembers), so importing the same file twice leaves the same state; lists not in
+the file are kept unless ``--prune`` is given.  If the file has a ``bans`` key, its
+bans replace the global bans and those of the lists in the file (a ban may only
+name a list that is in the file); without the key, bans are left alone.  The
+whole import is validated first and applied in one transaction.  Exports are
+sorted, so two exports of the same state are byte-identical and diff cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+from listgate import model
+from listgate.backends.sqlite import (
+    LIST_OPTIONS,
+    SqliteStore,
+    StoreError,
+    validate_address,
+    validate_ban_entry,
+)
+from listgate.config import Config
+
+Handler = Callable[[argparse.Namespace, Config], int]
+_Command = Callable[[argparse.Namespace, SqliteStore], int]
+
+_ACTION_METAVAR = "{" + ",".join(model.ACTIONS) + "}"
+
+
+def _err(message: str) -> None:
+    print(f"listgate: {message}", file=sys.stderr)
+
+
+def _command(fn: _Command, *, write: bool) -> Handler:
+    """Wrap a command: open the store, map exceptions to ``listgate: ...`` and an exit code.
+
+    A writing command first runs the (idempotent) ``init`` so that the very first
+    ``lists create`` on a fresh host just works.
+    """
+
+    def handler(args: argparse.Namespace, cfg: Config) -> int:
+        store = SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout)
+        try:
+            if write and store.init():
+                print(f"created database {store.path}")
+            return fn(args, store)
+        except ValueError as e:
+            _err(str(e))
+            return 2
+        except StoreError as e:
+            _err(str(e))
+            return 1
+        except sqlite3.Error as e:
+            _err(f"{store.path}: {e}")
+            return 1
+        except OSError as e:
+            _err(f"{e.filename or store.path}: {e.strerror or e}")
+            return 1
+        finally:
+            store.close()
+
+    handler.__name__ = handler.__qualname__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+def _yes_no(value: str, what: str) -> bool:
+    v = value.strip().lower()
+    if v in ("yes", "true", "on", "1"):
+        return True
+    if v in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"invalid {what} {value!r}: expected yes or no")
+
+
+def _warn_case(entries: Iterable[str], what: str) -> None:
+    """Mailman compares exact entries to the lowercased sender: upper case never matches."""
+    for e in entries:
+        if not e.startswith("^") and e != e.lower():
+            _err(f"warning: {what} {e!r} has upper-case letters and will never match "
+                 f"(senders are compared lowercased); use {e.lower()!r}")
+
+
+def _open_in(path: str) -> contextlib.AbstractContextManager[TextIO]:
+    if path == "-":
+        return contextlib.nullcontext(sys.stdin)
+    return open(path, encoding="utf-8")
+
+
+def _read_addresses(path: str) -> list[str]:
+    """One address per line; blank lines and ``#`` comments ignored; errors name the line."""
+    out = []
+    with _open_in(path) as f:
+        for n, line in enumerate(f, 1):
+            # a comment is a line starting with '#' or white space then '#' (addresses
+            # may contain '#' but never white space)
+            text = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
+            if not text:
+                continue
+            try:
+                out.append(validate_address(text))
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
+    return out
+
+
+def _addresses(args: argparse.Namespace) -> list[str]:
+    addrs = list(args.addresses)
+    if args.file is not None:
+        addrs += _read_addresses(args.file)
+    if not addrs:
+        raise ValueError("no addresses given (ADDR arguments or --file)")
+    return addrs
+
+
+def _role(args: argparse.Namespace) -> str:
+    return "nonmember" if args.nonmember else "member"
+
+
+# -- db
+
+
+def cmd_db_init(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Create the store (directory, file, schema, WAL mode); harmless if it exists."""
+    if store.init():
+        print(f"initialised database {store.path}")
+    else:
+        print(f"database {store.path} is already initialised")
+    return 0
+
+
+# -- lists
+
+
+def cmd_lists_create(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Create a list with Mailman 3's defaults unless options say otherwise."""
+    policy = store.create_list(
+        args.list,
+        default_member_action=args.default_member_action,
+        default_nonmember_action=args.default_nonmember_action,
+        emergency=_yes_no(args.emergency, "--emergency"),
+    )
+    print(f"created list {policy.address}")
+    return 0
+
+
+def cmd_lists_delete(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Delete a list with its members, nonmembers and list bans."""
+    store.delete_list(args.list)
+    print(f"deleted list {args.list.lower()}")
+    return 0
+
+
+def cmd_lists_show(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Print the list's policy and counts as JSON."""
+    policy = store.get_list(args.list)
+    doc = {**dataclasses.asdict(policy), **store.counts(policy.address)}
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def cmd_lists_ls(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Print every posting address, one per line."""
+    for address in store.list_lists():
+        print(address)
+    return 0
+
+
+def _option_value(key: str, raw: str) -> Any:
+    """The CLI's text for ``lists set`` -> the value the store expects."""
+    if key == "emergency":
+        return _yes_no(raw, "emergency")
+    if key in model.NONMEMBER_LISTS:
+        if raw.lstrip().startswith("["):
+            try:
+                value = json.loads(raw)
+            except ValueError as e:
+                raise ValueError(f"invalid {key} {raw!r}: not a JSON array: {e}") from None
+            if not isinstance(value, list):
+                raise ValueError(f"invalid {key} {raw!r}: not a JSON array")
+            return value
+        return [w.strip() for w in raw.split(",") if w.strip()]
+    return raw
+
+
+def cmd_lists_set(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Set one list option (the four nonmember lists are replaced whole)."""
+    if args.key not in LIST_OPTIONS:
+        raise ValueError(f"invalid option {args.key!r}: expected one of {', '.join(LIST_OPTIONS)}")
+    value = _option_value(args.key, args.value)
+    policy = store.set_list_option(args.list, args.key, value)
+    new = getattr(policy, args.key)
+    if args.key in model.NONMEMBER_LISTS:
+        _warn_case((e for e in new if not e.startswith("@")), f"{args.key} entry")
+        new = list(new)
+    print(f"{policy.address}: {args.key} = {json.dumps(new)}")
+    return 0
+
+
+def cmd_lists_export(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Write the whole store as JSON (atomically when writing a file)."""
+    text = json.dumps(store.export_json(), indent=2) + "\n"
+    if args.file == "-":
+        sys.stdout.write(text)
+        return 0
+    # a temporary file in the same directory, renamed into place: a crash or a full
+    # disk never leaves a truncated backup behind (and it is created mode 0600)
+    directory = os.path.dirname(os.path.abspath(args.file))
+    fd, tmp = tempfile.mkstemp(prefix=".listgate-export-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return 0
+
+
+def cmd_lists_import(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Sync the store with an export file (see the module docstring)."""
+    with _open_in(args.file) as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{args.file}: not valid JSON: {e}") from None
+    try:
+        summary = store.import_json(data, prune=args.prune)
+    except ValueError as e:
+        raise ValueError(f"{args.file}: {e}") from None
+    for lst in data["lists"]:
+        for key in model.NONMEMBER_LISTS:
+            _warn_case((e for e in lst.get(key, []) if not e.startswith("@")),
+                       f"{lst['address']} {key} entry")
+    _warn_case((b["entry"] for b in data.get("bans", [])), "ban entry")
+    line = (f"imported {summary['lists']} lists ({summary['members']} members, "
+            f"{summary['nonmembers']} nonmembers)")
+    if "bans" in data:
+        line += f", {summary['bans']} bans"
+    if args.prune:
+        line += f"; pruned {summary['pruned']} lists"
+    print(line)
+    return 0
+
+
+# -- members
+
+
+def cmd_members_add(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Add or update members (or nonmember records) from arguments and/or a file."""
+    addrs = _addresses(args)
+    role = _role(args)
+    n = store.add_members(args.list, addrs, role=role, moderation_action=args.moderation_action)
+    print(f"{args.list.lower()}: added or updated {n} {role}s")
+    return 0
+
+
+def cmd_members_remove(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Remove members (or nonmember records); addresses that were not there are reported."""
+    addrs = _addresses(args)
+    role = _role(args)
+    n = store.remove_members(args.list, addrs, role=role)
+    wanted = len(dict.fromkeys(a.lower() for a in addrs))
+    print(f"{args.list.lower()}: removed {n} of {wanted} {role}s")
+    return 0
+
+
+def cmd_members_ls(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Print ``address<TAB>action`` per line; ``default`` = no action of its own."""
+    for address, action in store.members(args.list, role=_role(args)):
+        print(f"{address}\t{action or 'default'}")
+    return 0
+
+
+# -- bans
+
+
+def cmd_bans_add(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Ban addresses or ``^patterns`` on one list or globally."""
+    where = args.list.lower() if args.list else "global"
+    for entry in args.entries:  # all or nothing: validate every entry before the first write
+        validate_ban_entry(entry)
+    _warn_case(args.entries, "ban entry")
+    for entry in args.entries:
+        new = store.add_ban(entry, list=args.list)
+        print(f"{where}: banned {entry}" if new else f"{where}: {entry} was already banned")
+    return 0
+
+
+def cmd_bans_remove(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Lift bans; an entry that was not banned is reported, not an error."""
+    where = args.list.lower() if args.list else "global"
+    for entry in args.entries:
+        gone = store.remove_ban(entry, list=args.list)
+        print(f"{where}: unbanned {entry}" if gone else f"{where}: {entry} was not banned")
+    return 0
+
+
+def cmd_bans_ls(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Print the ban entries of one list, or the global ones."""
+    for entry in store.bans(list=args.list):
+        print(entry)
+    return 0
+
+
+# -- argparse wiring
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             parent: argparse.ArgumentParser) -> None:
+    """Add ``db``, ``lists``, ``members`` and ``bans`` to the ``listgate`` command line.
+
+    ``parent`` carries the common options (``-c/--config``); it is given to the leaf
+    parsers only, so ``listgate lists ls -c FILE`` works and no intermediate
+    parser's defaults can overwrite a value parsed elsewhere.
+    """
+
+    def group(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        p = subparsers.add_parser(name, help=help, description=help)
+        return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+    def leaf(group_: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+             fn: _Command, write: bool) -> argparse.ArgumentParser:
+        doc = (fn.__doc__ or "").strip()
+        p = group_.add_parser(name, parents=[parent], help=doc, description=doc)
+        p.set_defaults(func=_command(fn, write=write))
+        return p
+
+    db = group("db", "manage the SQLite store file")
+    leaf(db, "init", cmd_db_init, write=False)  # init is the command itself
+
+    lists = group("lists", "create, configure, export and import lists")
+    p = leaf(lists, "create", cmd_lists_create, write=True)
+    p.add_argument("list", metavar="LIST", help="posting address, name@domain")
+    p.add_argument("--default-member-action", default="defer", metavar=_ACTION_METAVAR,
+                   help="action for members without their own (default: defer)")
+    p.add_argument("--default-nonmember-action", default="hold", metavar=_ACTION_METAVAR,
+                   help="action for nonmembers no entry matched (default: hold)")
+    p.add_argument("--emergency", default="no", metavar="yes|no",
+                   help="hold every post (default: no)")
+    p = leaf(lists, "delete", cmd_lists_delete, write=True)
+    p.add_argument("list", metavar="LIST")
+    p = leaf(lists, "show", cmd_lists_show, write=False)
+    p.add_argument("list", metavar="LIST")
+    leaf(lists, "ls", cmd_lists_ls, write=False)
+    p = leaf(lists, "set", cmd_lists_set, write=True)
+    p.add_argument("list", metavar="LIST")
+    p.add_argument("key", metavar="KEY", help=", ".join(LIST_OPTIONS))
+    p.add_argument("value", metavar="VALUE",
+                   help="an action; yes/no for emergency; for the lists comma-separated "
+                        "entries or a JSON array ('' clears)")
+    p = leaf(lists, "export", cmd_lists_export, write=False)
+    p.add_argument("file", metavar="FILE.json", help="'-' for stdout")
+    p = leaf(lists, "import", cmd_lists_import, write=True)
+    p.add_argument("file", metavar="FILE.json", help="'-' for stdin")
+    p.add_argument("--prune", action="store_true", help="also delete lists not in the file")
+
+    members = group("members", "add, remove and list members and nonmember records")
+    for name, fn in (("add", cmd_members_add), ("remove", cmd_members_remove)):
+        p = leaf(members, name, fn, write=True)
+        p.add_argument("list", metavar="LIST")
+        p.add_argument("addresses", metavar="ADDR", nargs="*")
+        p.add_argument("--file", "-f", metavar="F",
+                       help="one address per line, '#' comments; '-' for stdin")
+        p.add_argument("--nonmember", action="store_true",
+                       help="nonmember records instead of members")
+        if name == "add":
+            p.add_argument("--moderation-action", metavar=_ACTION_METAVAR,
+                           help="the address's own action (default: none, i.e. the list's)")
+    p = leaf(members, "ls", cmd_members_ls, write=False)
+    p.add_argument("list", metavar="LIST")
+    p.add_argument("--nonmember", action="store_true", help="nonmember records")
+
+    bans = group("bans", "ban addresses or ^patterns, per list or globally")
+    for name, fn in (("add", cmd_bans_add), ("remove", cmd_bans_remove)):
+        p = leaf(bans, name, fn, write=True)
+        p.add_argument("entries", metavar="ENTRY", nargs="+", help="address or ^regexp")
+        p.add_argument("--list", metavar="LIST", help="a list's ban (default: global)")
+    p = leaf(bans, "ls", cmd_bans_ls, write=False)
+    p.add_argument("--list", metavar="LIST", help="a list's bans (default: global)")

@@ -1,0 +1,363 @@
+"""The embedded SQLite store and the daemon's read-only backend, on real files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from listgate import config, model
+from listgate.backends import open_backend
+from listgate.backends.sqlite import (
+    ListExists,
+    ListNotFound,
+    SqliteBackend,
+    SqliteStore,
+    StoreError,
+    create,
+)
+
+LIST = "dev@example.org"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> config.Config:
+    return config.parse(f"[sqlite]\npath = {tmp_path}/db.sqlite\n")
+
+
+@pytest.fixture
+def store(cfg: config.Config) -> SqliteStore:
+    s = SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout)
+    s.init()
+    s.create_list(LIST)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def backend(cfg: config.Config, store: SqliteStore) -> SqliteBackend:
+    b = create(cfg)
+    yield b
+    b.close()
+
+
+def facts(backend: SqliteBackend, *senders: str) -> dict[str, model.SenderFacts]:
+    result = backend.list_facts(LIST, senders)
+    return {f.address: f for f in result.senders}
+
+
+# -- the store
+
+
+def test_init_is_idempotent_and_uses_wal(cfg: config.Config, tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "db.sqlite"
+    s = SqliteStore(str(path))
+    assert s.init() is True
+    assert s.init() is False
+    s.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+
+
+def test_store_refuses_missing_database(tmp_path: Path) -> None:
+    s = SqliteStore(str(tmp_path / "none.sqlite"))
+    with pytest.raises(StoreError, match=r"no database at .*none\.sqlite"):
+        s.list_lists()
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_store_validation_names_the_value(store: SqliteStore) -> None:
+    with pytest.raises(ValueError, match="'bob'"):
+        store.add_members(LIST, ["ok@example.org", "bob"])
+    with pytest.raises(ValueError, match=r"'a b@example\.org'"):
+        store.add_members(LIST, ["a b@example.org"])
+    with pytest.raises(ValueError, match="'a@b@c'"):
+        store.create_list("a@b@c")
+    with pytest.raises(ValueError, match="'maybe'"):
+        store.set_list_option(LIST, "default_member_action", "maybe")
+    with pytest.raises(ValueError, match="'colour'"):
+        store.set_list_option(LIST, "colour", "red")
+    with pytest.raises(ValueError, match="emergency"):
+        store.set_list_option(LIST, "emergency", "yes")
+    with pytest.raises(ValueError, match="bad regular expression"):
+        store.set_list_option(LIST, "hold_these_nonmembers", ["^("])
+    with pytest.raises(ValueError, match="list of strings"):
+        store.set_list_option(LIST, "hold_these_nonmembers", "a@b.c")
+    # nothing of the failed batch was written
+    assert store.members(LIST) == []
+
+
+def test_store_lists_and_options(store: SqliteStore) -> None:
+    with pytest.raises(ListExists):
+        store.create_list("DEV@example.org")
+    with pytest.raises(ListNotFound):
+        store.get_list("nope@example.org")
+    store.create_list("b@example.org", default_nonmember_action="reject", emergency=True)
+    assert store.list_lists() == ["b@example.org", LIST]
+    p = store.set_list_option(LIST, "accept_these_nonmembers", ["^.*@example\\.org$", "x@y.z"])
+    assert p.accept_these_nonmembers == ("^.*@example\\.org$", "x@y.z")
+    p = store.set_list_option(LIST, "accept_these_nonmembers", [])
+    assert p.accept_these_nonmembers == ()
+    assert store.get_list("b@example.org").emergency is True
+    store.add_members("b@example.org", ["m@example.org"])
+    store.add_ban("x@example.org", list="b@example.org")
+    store.delete_list("b@example.org")
+    assert store.list_lists() == [LIST]
+    assert store.bans() == []
+
+
+def test_add_members_is_an_upsert(store: SqliteStore) -> None:
+    store.add_members(LIST, ["A@Example.org", "b@example.org"], moderation_action="hold")
+    store.add_members(LIST, ["a@example.org"])
+    assert store.members(LIST) == [("a@example.org", None), ("b@example.org", "hold")]
+    assert store.remove_members(LIST, ["B@example.org", "zz@example.org"]) == 1
+    assert store.members(LIST) == [("a@example.org", None)]
+    assert store.members(LIST, role="nonmember") == []
+
+
+# -- the backend's answers
+
+
+def test_find_list_is_case_insensitive(backend: SqliteBackend) -> None:
+    assert backend.find_list("DEV@Example.ORG") == LIST
+    assert backend.find_list(LIST) == LIST
+    assert backend.find_list("dev-request@example.org") is None
+
+
+def test_open_backend_uses_this_module(cfg: config.Config, store: SqliteStore) -> None:
+    b = open_backend(cfg)
+    assert isinstance(b, SqliteBackend) and b.name == "sqlite"
+    assert b.find_list(LIST) == LIST
+
+
+def test_list_facts_policy(store: SqliteStore, backend: SqliteBackend) -> None:
+    store.set_list_option(LIST, "default_member_action", "hold")
+    store.set_list_option(LIST, "emergency", True)
+    store.set_list_option(LIST, "discard_these_nonmembers", ["^spam", "Eve@example.org"])
+    policy = backend.list_facts("Dev@Example.org", []).policy
+    assert policy == model.ListPolicy(
+        address=LIST, default_member_action="hold", default_nonmember_action="hold",
+        emergency=True, discard_these_nonmembers=("^spam", "Eve@example.org"),
+    )
+
+
+def test_list_facts_members_and_nonmembers(store: SqliteStore, backend: SqliteBackend) -> None:
+    store.add_members(LIST, ["plain@example.org"])
+    store.add_members(LIST, ["mod@example.org"], moderation_action="hold")
+    store.add_members(LIST, ["bot@example.net"], role="nonmember", moderation_action="accept")
+    store.add_members(LIST, ["rec@example.net"], role="nonmember")
+    # a member who also has a nonmember record: both facts are reported
+    store.add_members(LIST, ["both@example.org"])
+    store.add_members(LIST, ["both@example.org"], role="nonmember", moderation_action="discard")
+    senders = ["Plain@Example.org", "mod@example.org", "bot@example.net", "rec@example.net",
+               "stranger@example.com", "both@example.org", "plain@example.org"]
+    result = backend.list_facts(LIST, senders)
+    assert [f.address for f in result.senders] == [s.lower() for s in senders]
+    f = {x.address: x for x in result.senders}
+    assert f["plain@example.org"] == model.SenderFacts("plain@example.org", is_member=True)
+    assert f["mod@example.org"].is_member and f["mod@example.org"].member_action == "hold"
+    assert not f["bot@example.net"].is_member
+    assert f["bot@example.net"].nonmember_action == "accept"
+    assert f["rec@example.net"] == model.SenderFacts("rec@example.net")
+    assert f["stranger@example.com"] == model.SenderFacts("stranger@example.com")
+    assert f["both@example.org"].is_member
+    assert f["both@example.org"].nonmember_action == "discard"
+
+
+def test_members_of_other_lists_do_not_leak(store: SqliteStore, backend: SqliteBackend) -> None:
+    store.create_list("other@example.org")
+    store.add_members("other@example.org", ["x@example.org"], moderation_action="reject")
+    assert facts(backend, "x@example.org")["x@example.org"] == model.SenderFacts("x@example.org")
+
+
+def test_bans_exact_and_patterns(store: SqliteStore, backend: SqliteBackend) -> None:
+    store.create_list("other@example.org")
+    store.add_ban("listban@example.org", list=LIST)
+    store.add_ban("global@example.org")
+    store.add_ban("Mixed@example.org")  # exact, mixed case: never matches (as in Mailman)
+    store.add_ban("^.*@SPAM\\.example$", list=LIST)  # patterns are case-insensitive
+    store.add_ban("^troll\\d+@")
+    store.add_ban("elsewhere@example.org", list="other@example.org")
+    store.add_ban("^.*@other-only\\.example$", list="other@example.org")
+    f = facts(backend, "listban@example.org", "global@example.org", "mixed@example.org",
+              "joe@spam.example", "troll42@example.net", "troll@example.net",
+              "elsewhere@example.org", "x@other-only.example", "fine@example.org")
+    banned = {a for a, x in f.items() if x.banned}
+    assert banned == {"listban@example.org", "global@example.org", "joe@spam.example",
+                      "troll42@example.net"}
+
+
+def test_bad_ban_regexp_is_skipped(cfg: config.Config, store: SqliteStore,
+                                   backend: SqliteBackend) -> None:
+    # the store refuses bad patterns, so plant one as a hand edit (or old data) would
+    conn = sqlite3.connect(cfg.sqlite.path)
+    with conn:
+        conn.execute("INSERT INTO bans (list, entry) VALUES (?, '^(')", (LIST,))
+        conn.execute("INSERT INTO bans (list, entry) VALUES (NULL, '^[')")
+    conn.close()
+    store.add_ban("^bad@")
+    f = facts(backend, "bad@example.org", "good@example.org")
+    assert f["bad@example.org"].banned
+    assert not f["good@example.org"].banned
+
+
+def test_member_of_referenced_lists(store: SqliteStore, backend: SqliteBackend) -> None:
+    store.create_list("announce@example.org")
+    store.create_list("staff@example.org")
+    store.add_members("announce@example.org", ["x@example.org", "y@example.org"])
+    store.add_members("staff@example.org", ["x@example.org"])
+    store.add_members("staff@example.org", ["y@example.org"], role="nonmember")
+    store.set_list_option(LIST, "accept_these_nonmembers", [
+        "@Announce@Example.org", "@staff@example.org", "@missing@example.org", "z@example.org",
+    ])
+    f = facts(backend, "x@example.org", "y@example.org", "z@example.org")
+    assert f["x@example.org"].member_of == {"announce@example.org", "staff@example.org"}
+    assert f["y@example.org"].member_of == {"announce@example.org"}
+    assert f["z@example.org"].member_of == frozenset()
+    assert not f["x@example.org"].is_member
+
+
+def test_unknown_list_is_a_backend_error(backend: SqliteBackend) -> None:
+    with pytest.raises(model.BackendError, match=r"no such list: nope@example\.org"):
+        backend.list_facts("nope@example.org", ["a@example.org"])
+    # the connection survived: the next question is answered
+    assert backend.find_list(LIST) == LIST
+
+
+# -- the file going away, rotting or being replaced
+
+
+def test_missing_database_is_an_error_not_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.sqlite"
+    b = SqliteBackend(str(path))
+    with pytest.raises(model.BackendError) as e:
+        b.find_list(LIST)
+    assert str(e.value) == f"sqlite {path}: No such file or directory"
+    assert not path.exists()
+
+
+def test_uninitialised_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite"
+    path.write_bytes(b"")
+    with pytest.raises(model.BackendError, match="not an initialised listgate database"):
+        SqliteBackend(str(path)).find_list(LIST)
+
+
+def test_backend_cannot_write(cfg: config.Config, store: SqliteStore,
+                              backend: SqliteBackend) -> None:
+    conn = backend._connection()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn.execute("DELETE FROM lists")
+
+
+def test_replaced_by_garbage(cfg: config.Config, store: SqliteStore, backend: SqliteBackend,
+                             tmp_path: Path) -> None:
+    assert backend.find_list(LIST) == LIST
+    store.close()
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"this is not an SQLite database, not at all. " * 200)
+    os.replace(junk, cfg.sqlite.path)
+    with pytest.raises(model.BackendError) as e:
+        backend.list_facts(LIST, ["a@example.org"])
+    assert str(e.value) == f"sqlite {cfg.sqlite.path}: file is not a database"
+    assert "\n" not in str(e.value)
+    with pytest.raises(model.BackendError, match="file is not a database"):
+        backend.find_list(LIST)
+
+
+def test_replaced_by_a_new_database(cfg: config.Config, store: SqliteStore,
+                                    backend: SqliteBackend, tmp_path: Path) -> None:
+    store.add_members(LIST, ["old@example.org"])
+    assert facts(backend, "old@example.org")["old@example.org"].is_member
+    new_path = tmp_path / "restored.sqlite"
+    with SqliteStore(str(new_path)) as new:
+        new.init()
+        new.create_list(LIST)
+        new.create_list("new@example.org")
+        new.add_members(LIST, ["new@example.org"])
+    os.replace(new_path, cfg.sqlite.path)  # the admin's "mv restored.sqlite db.sqlite"
+    assert backend.find_list("new@example.org") == "new@example.org"
+    f = facts(backend, "old@example.org", "new@example.org")
+    assert not f["old@example.org"].is_member
+    assert f["new@example.org"].is_member
+
+
+def test_deleted_then_recreated(cfg: config.Config, store: SqliteStore,
+                                backend: SqliteBackend) -> None:
+    assert backend.find_list(LIST) == LIST
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(cfg.sqlite.path + suffix):
+            os.unlink(cfg.sqlite.path + suffix)
+    with pytest.raises(model.BackendError, match="No such file or directory"):
+        backend.find_list(LIST)
+    with SqliteStore(cfg.sqlite.path) as s:
+        s.init()
+        s.create_list("again@example.org")
+    assert backend.find_list("again@example.org") == "again@example.org"
+    assert backend.find_list(LIST) is None
+
+
+def test_close_then_use_again(store: SqliteStore, backend: SqliteBackend) -> None:
+    assert backend.find_list(LIST) == LIST
+    backend.close()
+    assert backend.find_list(LIST) == LIST
+
+
+def test_concurrent_readers_while_the_cli_writes(cfg: config.Config, store: SqliteStore,
+                                                 backend: SqliteBackend) -> None:
+    store.add_members(LIST, [f"seed{i}@example.org" for i in range(50)])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    reads = [0] * 8
+    expected: dict[str, str] = {}
+
+    def reader(n: int) -> None:
+        try:
+            while not stop.is_set():
+                result = backend.list_facts(LIST, ["seed1@example.org", f"w{n}@example.org"])
+                assert result.senders[0].is_member
+                assert backend.find_list(LIST) == LIST
+                reads[n] += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def writer() -> None:
+        try:
+            with SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout) as w:
+                for i in range(30):
+                    action = model.ACTIONS[i % len(model.ACTIONS)]
+                    w.add_members(LIST, [f"w{i % 8}@example.org"], moderation_action=action)
+                    expected[f"w{i % 8}@example.org"] = action
+                    w.set_list_option(LIST, "emergency", i % 2 == 0)
+                    if i % 3 == 0:
+                        w.remove_members(LIST, [f"w{(i + 1) % 8}@example.org"])
+                        expected.pop(f"w{(i + 1) % 8}@example.org", None)
+                    w.add_ban(f"ban{i}@example.org")
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    w = threading.Thread(target=writer)
+    w.start()
+    w.join(timeout=60)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    assert all(reads), reads
+    # every thread sees the final state
+    final = facts(backend, *(f"w{n}@example.org" for n in range(8)), "ban29@example.org")
+    assert {a: f.member_action for a, f in final.items() if f.is_member} == expected
+    assert final["ban29@example.org"].banned
+    assert backend.list_facts(LIST, []).policy.emergency is False  # i = 29 is odd
+    conn = sqlite3.connect(cfg.sqlite.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
