@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Install the Debian packages listgate's end-to-end tests need (idempotent).
+#
+#   postfix        private test instances (postfix -c DIR) and smtp-sink
+#   dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
+#                  service listening on port 53; the tests run their own instances
+#   libmilter-dev  needed to build pymilter from PyPI
+#
+# Runs `apt-get update` only when a package is missing. Works as root without a
+# terminal (CI=true, stdin closed) and without systemd: while it installs, a
+# policy-rc.d forbids starting services, so the Debian postfix package neither starts
+# a system Postfix nor fails its postinst; a system Postfix it started anyway is
+# stopped again. Python packages (dnspython, pytest...) come from the project's
+# Python dependencies, not from here.
+set -euo pipefail
+
+PACKAGES=(postfix dnsmasq-base libmilter-dev)
+log() { echo "install-test-deps: $*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        exec sudo -n -- "$0" "$@"
+    fi
+    log "must run as root (apt-get install)"
+    exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    log "all present: ${PACKAGES[*]}"
+    exit 0
+fi
+log "installing: ${missing[*]}"
+
+export DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true
+exec </dev/null
+
+postfix_installed_before=no
+if dpkg-query -W -f='${db:Status-Status}' postfix 2>/dev/null | grep -qx installed; then
+    postfix_installed_before=yes
+fi
+
+# Answer postfix's debconf questions: a loopback-only system MTA (the tests never use
+# it; they only need /etc/postfix/main.cf to exist).
+debconf-set-selections <<'SEL'
+postfix postfix/main_mailer_type select Local only
+postfix postfix/mailname string localhost.localdomain
+SEL
+
+# Forbid service starts during the install (no systemd here; Debian's invoke-rc.d
+# honours policy-rc.d exit code 101). Keep an existing policy-rc.d untouched.
+policy=/usr/sbin/policy-rc.d
+created_policy=no
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# temporary, from listgate scripts/install-test-deps.sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created_policy=yes
+fi
+cleanup() {
+    if [ "$created_policy" = yes ]; then rm -f "$policy"; fi
+}
+trap cleanup EXIT
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}"
+
+# A system Postfix must not be left running (the tests start private instances).
+if [ "$postfix_installed_before" = no ] && postfix status >/dev/null 2>&1; then
+    log "stopping the system Postfix the package started"
+    postfix stop >/dev/null 2>&1 || true
+fi
+
+for tool in postfix postconf smtp-sink dnsmasq; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
+        log "ERROR: $tool missing after install"
+        exit 1
+    }
+done
+log "done"
