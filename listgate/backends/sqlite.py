@@ -686,45 +686,36 @@ def _cause(exc: BaseException) -> str:
 
 
 class SqliteBackend(model.Backend):
-    """Read-only, per-thread connections to the store; safe while the CLI writes.
+    """Read-only pooled connections to the store; safe while the CLI writes.
 
-    Each thread keeps its own connection (``sqlite3`` connections must not be
-    shared), opened with ``mode=ro`` so a missing file is an error and never a new
-    empty database.  Before each query the path is stat'ed: a different
-    (st_dev, st_ino) means the file was replaced, so the thread reopens.  Any
-    failure closes that thread's connection (the next query starts afresh) and
-    raises BackendError ``sqlite PATH: cause``.
+    A query borrows an idle connection from a small pool and gives it back, so one
+    connection is never used by two threads at once.  (Per-thread connections do not
+    work under libmilter: its callbacks run on C threads whose Python thread states
+    are recycled, so a ``threading.local`` can hand one thread another's connection.)
+    Connections are opened with ``mode=ro`` so a missing file is an error and never a
+    new empty database.  Before each query the path is stat'ed: a different
+    (st_dev, st_ino) means the file was replaced, and connections to the old file are
+    closed instead of reused.  A failing connection is closed and BackendError
+    ``sqlite PATH: cause`` raised.
     """
 
     name = "sqlite"
+    #: idle connections kept; more are opened under load and closed when returned
+    POOL_SIZE = 16
 
     def __init__(self, path: str, busy_timeout: float = 2.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self._uri = _uri(path, "ro")
-        self._local = threading.local()
-        #: bumped by close(): every thread drops its connection on its next query
-        self._generation = 0
+        self._lock = threading.Lock()
+        #: idle connections with the (st_dev, st_ino) of the file they were opened on
+        self._idle: list[tuple[sqlite3.Connection, tuple[int, int]]] = []
 
     # -- connections
 
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def _connection(self) -> sqlite3.Connection:
-        st = os.stat(self.path)
-        ident = (st.st_dev, st.st_ino)
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is not None and local.ident == ident and local.generation == self._generation:
-            return conn
-        self._drop()
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._uri, uri=True, timeout=self.busy_timeout,
-                               isolation_level=None, check_same_thread=True)
+                               isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -736,21 +727,48 @@ class SqliteBackend(model.Backend):
             what = "not an initialised listgate database" if version == 0 else (
                 f"schema version {version}, expected {SCHEMA_VERSION}")
             raise self._error(what)
-        local.conn, local.ident, local.generation = conn, ident, self._generation
         return conn
+
+    def _checkout(self, ident: tuple[int, int]) -> sqlite3.Connection:
+        stale = []
+        with self._lock:
+            while self._idle:
+                conn, conn_ident = self._idle.pop()
+                if conn_ident == ident:
+                    break
+                stale.append(conn)
+            else:
+                conn = None
+        for old in stale:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        return conn if conn is not None else self._open()
+
+    def _checkin(self, conn: sqlite3.Connection, ident: tuple[int, int]) -> None:
+        with self._lock:
+            if len(self._idle) < self.POOL_SIZE:
+                self._idle.append((conn, ident))
+                return
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _error(self, cause: str) -> model.BackendError:
         return model.BackendError(f"sqlite {self.path}: {cause}")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction (one snapshot) on this thread's connection.
+        """A read transaction (one snapshot) on a borrowed connection.
 
         sqlite and OS errors become BackendError and close the connection; a
-        BackendError raised inside (unknown list) leaves the connection usable.
+        BackendError raised inside (unknown list) gives the connection back.
         """
         try:
-            conn = self._connection()
+            st = os.stat(self.path)
+            ident = (st.st_dev, st.st_ino)
+            conn = self._checkout(ident)
+        except (sqlite3.Error, OSError, ValueError) as e:
+            raise self._error(_cause(e)) from e
+        try:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -758,13 +776,22 @@ class SqliteBackend(model.Backend):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
         except (sqlite3.Error, OSError, ValueError) as e:
-            self._drop()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
             raise self._error(_cause(e)) from e
+        except BaseException:
+            self._checkin(conn, ident)
+            raise
+        self._checkin(conn, ident)
 
     def close(self) -> None:
-        """Close this thread's connection; other threads drop theirs on their next query."""
-        self._generation += 1
-        self._drop()
+        """Close the idle connections (borrowed ones are closed when given back... or
+        reused: the backend stays usable)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn, _ident in idle:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     # -- the Backend interface
 

@@ -921,7 +921,10 @@ class PostfixInstance:
         extra: Mapping[str, object] | None = None,
         myhostname: str = "mx.listgate.test",
         startup_timeout: float = 30.0,
+        ipv6: bool = False,
     ) -> None:
+        #: also listen on [::1] (same port), for IPv6 client tests
+        self.ipv6 = ipv6
         self.relay_domains = list(relay_domains)
         self.sink_port = sink_port
         self.milters = milters
@@ -954,10 +957,10 @@ class PostfixInstance:
             "myhostname": self.myhostname,
             "mydomain": "listgate.test",
             "myorigin": "$myhostname",
-            "inet_interfaces": LOOPBACK,
-            "inet_protocols": "ipv4",
+            "inet_interfaces": f"{LOOPBACK}, [::1]" if self.ipv6 else LOOPBACK,
+            "inet_protocols": "all" if self.ipv6 else "ipv4",
             "mydestination": "",
-            "mynetworks": "127.0.0.0/8",
+            "mynetworks": "127.0.0.0/8 [::1]/128" if self.ipv6 else "127.0.0.0/8",
             "relay_domains": ", ".join(self.relay_domains),
             "relay_recipient_maps": "",
             "smtpd_relay_restrictions": "reject_unauth_destination",
@@ -997,7 +1000,10 @@ class PostfixInstance:
         lines += [f"{k} = {v}" for k, v in self.main_cf_settings().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         listen = f"{LOOPBACK}:{self.port}"
-        (self.config_dir / "master.cf").write_text(MASTER_CF.format(listen=listen))
+        master = MASTER_CF.format(listen=listen)
+        if self.ipv6:
+            master += f"[::1]:{self.port} inet n - n - - smtpd\n"
+        (self.config_dir / "master.cf").write_text(master)
         self._age_config()
 
     def _age_config(self) -> None:

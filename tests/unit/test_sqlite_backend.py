@@ -250,9 +250,30 @@ def test_uninitialised_file_is_an_error(tmp_path: Path) -> None:
 
 def test_backend_cannot_write(cfg: config.Config, store: SqliteStore,
                               backend: SqliteBackend) -> None:
-    conn = backend._connection()
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with backend._read() as conn, pytest.raises(sqlite3.OperationalError, match="readonly"):
         conn.execute("DELETE FROM lists")
+
+
+def test_connections_move_between_threads(store: SqliteStore, backend: SqliteBackend) -> None:
+    """A pooled connection is handed to whichever thread asks next (libmilter runs
+    callbacks on C threads whose Python identities get recycled, which defeated
+    per-thread connections; the end-to-end tests showed it), so it must work anywhere."""
+    import threading
+
+    results: list[object] = []
+
+    def lookup() -> None:
+        try:
+            results.append(backend.find_list(LIST))
+        except Exception as e:  # noqa: BLE001 - recorded and asserted below
+            results.append(e)
+
+    for _ in range(20):
+        t = threading.Thread(target=lookup)
+        t.start()
+        t.join()
+        lookup()
+    assert results == [LIST] * 40
 
 
 def test_replaced_by_garbage(cfg: config.Config, store: SqliteStore, backend: SqliteBackend,
