@@ -418,8 +418,8 @@ class Session:
                      "; ".join(decision.reasons), decision.reply)
             if self.observed is None:
                 self.observed = ("eom", decision)
-        elif lists:
-            self.log("ACCEPT: %s", "; ".join(decision.reasons))
+        else:
+            self.log("ACCEPT: %s", "; ".join(decision.reasons) or "no list recipient")
         if self.spf is not None:
             result.add_headers.append(("Received-SPF", self.spf.header, 0))
         if self.engine.observe:
@@ -427,7 +427,7 @@ class Session:
                 stage, d = self.observed
                 would = f"{d.action}; stage={stage}; " + "; ".join(d.reasons)
             else:
-                would = "accept; " + ("; ".join(decision.reasons) or "not a list post")
+                would = "accept; " + ("; ".join(decision.reasons) or "no list recipient")
             result.add_headers.append((VERDICT_HEADER, clean(would, 900), -1))
         result.decision = Decision(CONTINUE, None, decision.reasons)
         return result

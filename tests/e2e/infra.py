@@ -14,7 +14,7 @@ Everything here drives real programs on loopback, no mocks:
 
 The module has no pytest dependency (``conftest.py`` wraps it in fixtures). All
 servers bind to 127.0.0.1 only. A missing tool raises :class:`InfraError` with a
-hint to run ``scripts/install-test-deps.sh``.
+hint to run ``scripts/install-debian-deps.sh test``.
 
 Layout on disk: everything lives under :data:`E2E_ROOT` (``/var/tmp/listgate-e2e``,
 mode 0755 so that the ``postfix`` user can traverse it), one ``mkdtemp`` directory
@@ -73,7 +73,8 @@ LOG_ROOT = Path(os.environ.get("LISTGATE_E2E_LOG_ROOT", "/var/log/listgate-e2e")
 POSTFIX_SLOTS = 16
 
 LOOPBACK = "127.0.0.1"
-INSTALL_HINT = "run scripts/install-test-deps.sh (as root) to install the e2e test dependencies"
+INSTALL_HINT = ("run scripts/install-debian-deps.sh test (as root, or make test) to install "
+                "the e2e test dependencies")
 
 
 class InfraError(RuntimeError):

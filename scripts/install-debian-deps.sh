@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian packages listgate's end-to-end tests need (idempotent).
+# Install the Debian packages listgate needs (idempotent).
 #
-#   postfix        private test instances (postfix -c DIR) and smtp-sink
-#   dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
-#                  service listening on port 53; the tests run their own instances
-#   libmilter-dev  needed to build pymilter from PyPI
+#   scripts/install-debian-deps.sh run    what `make run` needs:
+#     libmilter-dev  needed to build pymilter from PyPI
+#     python3-venv, python3-dev, gcc   a virtualenv, and building pymilter in it
+#   scripts/install-debian-deps.sh test   that, plus what the end-to-end tests use:
+#     postfix        private test instances (postfix -c DIR) and smtp-sink
+#     dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
+#                    service listening on port 53; the tests run their own instances
 #
 # Runs `apt-get update` only when a package is missing. Works as root without a
 # terminal (CI=true, stdin closed) and without systemd: while it installs, a
@@ -14,8 +17,13 @@
 # Python dependencies, not from here.
 set -euo pipefail
 
-PACKAGES=(postfix dnsmasq-base libmilter-dev)
-log() { echo "install-test-deps: $*" >&2; }
+PACKAGES=(libmilter-dev python3-venv python3-dev gcc)
+case "${1:-test}" in
+    run) ;;
+    test) PACKAGES+=(postfix dnsmasq-base) ;;
+    *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+log() { echo "install-debian-deps: $*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
@@ -56,7 +64,7 @@ SEL
 policy=/usr/sbin/policy-rc.d
 created_policy=no
 if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\n# temporary, from listgate scripts/install-test-deps.sh\nexit 101\n' >"$policy"
+    printf '#!/bin/sh\n# temporary, from listgate scripts/install-debian-deps.sh\nexit 101\n' >"$policy"
     chmod 755 "$policy"
     created_policy=yes
 fi
@@ -76,7 +84,9 @@ if [ "$postfix_installed_before" = no ] && postfix status >/dev/null 2>&1; then
     postfix stop >/dev/null 2>&1 || true
 fi
 
-for tool in postfix postconf smtp-sink dnsmasq; do
+tools=()
+[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
         log "ERROR: $tool missing after install"
         exit 1

@@ -1,0 +1,48 @@
+# listgate: `make run` and `make test` do all the set-up on a fresh Debian machine
+# (as root: they install Debian packages).  See README.md.
+
+PYTHON ?= python3
+VENV   ?= .venv
+CONFIG ?= etc/listgate.cfg
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint unit e2e venv clean
+
+# The virtualenv, with listgate installed editable plus its test tools; redone when
+# pyproject.toml changes.
+$(STAMP): pyproject.toml
+	scripts/install-debian-deps.sh run
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+# Start listgate in the foreground on the example config (the embedded SQLite
+# backend; socket and database in the config's default places).  Ctrl-C stops it.
+run: $(STAMP)
+	scripts/install-debian-deps.sh run
+	mkdir -p /run/listgate /var/lib/listgate
+	$(VENV)/bin/listgate -c $(CONFIG) db init
+	exec $(VENV)/bin/listgate -c $(CONFIG) serve
+
+# The whole suite: lint, unit, protocol and end-to-end tests (real Postfix, dnsmasq).
+test: $(STAMP)
+	scripts/install-debian-deps.sh test
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+e2e: $(STAMP)
+	scripts/install-debian-deps.sh test
+	$(PY) -m pytest -q tests/e2e
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
