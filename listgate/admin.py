@@ -96,7 +96,7 @@ from listgate.backends.sqlite import (
     validate_address,
     validate_ban_entry,
 )
-from listgate.config import Config
+from listgate.config import Config, parse_bool
 
 Handler = Callable[[argparse.Namespace, Config], int]
 _Command = Callable[[argparse.Namespace, SqliteStore], int]
@@ -142,12 +142,10 @@ def _command(fn: _Command, *, write: bool) -> Handler:
 
 
 def _yes_no(value: str, what: str) -> bool:
-    v = value.strip().lower()
-    if v in ("yes", "true", "on", "1"):
-        return True
-    if v in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"invalid {what} {value!r}: expected yes or no")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f"invalid {what} {value!r}: expected yes or no") from None
 
 
 def _warn_case(entries: Iterable[str], what: str) -> None:

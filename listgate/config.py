@@ -39,7 +39,8 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
-def _bool(raw: str) -> bool:
+def parse_bool(raw: str) -> bool:
+    """yes/true/on/1 or no/false/off/0, as the config file and the CLI accept them."""
     v = raw.strip().lower()
     if v in ("yes", "true", "on", "1"):
         return True
@@ -177,13 +178,13 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "log_file": Opt("-", _str),
         "log_level": Opt("info", _choice("debug", "info", "warning", "error")),
         "authserv_id": Opt("", _str),
-        "tcp_nodelay": Opt("yes", _bool),
+        "tcp_nodelay": Opt("yes", parse_bool),
     },
     "network": {
         "internal_connect": Opt("127.0.0.0/8, ::1/128", _networks),
         "trusted_relay": Opt("", _networks),
         "internal_domains": Opt("", _domains),
-        "reject_foreign_internal": Opt("no", _bool),
+        "reject_foreign_internal": Opt("no", parse_bool),
         "hello_blacklist": Opt("", _domains),
     },
     "dns": {
@@ -202,7 +203,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
     },
     "lists": {
         "backend": Opt("sqlite", _choice("sqlite")),
-        "one_list_per_transaction": Opt("yes", _bool),
+        "one_list_per_transaction": Opt("yes", parse_bool),
         "nonmember_hold_action": Opt("reject", _choice(*HOLD_ACTIONS)),
         "member_hold_action": Opt("accept", _choice(*HOLD_ACTIONS)),
         "reject_message": Opt(DEFAULT_REJECT_MESSAGE, _reject_message),

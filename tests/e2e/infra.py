@@ -316,7 +316,34 @@ def _as_list(value) -> list:
     return list(value)
 
 
-class DnsServer:
+class _Server:
+    """What the DNS and SMTP servers share: a child process on a loopback port."""
+
+    _proc: subprocess.Popen | None
+    host: str
+    port: int | None
+
+    def start(self):  # pragma: no cover - defined by the subclasses
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - defined by the subclasses
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.host}:{self.port} running={self.running}>"
+
+
+class DnsServer(_Server):
     """A private dnsmasq on 127.0.0.1:<free port> (UDP and TCP) serving test records.
 
     Args:
@@ -510,19 +537,6 @@ class DnsServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<DnsServer {self.host}:{self.port} running={self.running}>"
-
 
 # --------------------------------------------------------------------------- smtp-sink
 
@@ -627,7 +641,7 @@ def parse_sink_file(path: Path) -> SinkMessage:
     )
 
 
-class SmtpSink:
+class SmtpSink(_Server):
     """Postfix's ``smtp-sink`` on 127.0.0.1:<free port>, capturing every transaction.
 
     Started as root with ``-u postfix`` and ``-d DIR/%M.`` (one capture file per
@@ -769,19 +783,6 @@ class SmtpSink:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = self.directory = None
         self._cache.clear()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<SmtpSink {self.host}:{self.port} running={self.running}>"
 
 
 # --------------------------------------------------------------------------- Postfix
