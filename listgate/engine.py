@@ -24,7 +24,7 @@ from listgate import addresses
 from listgate.cache import TTLCache
 from listgate.config import Config
 from listgate.model import Backend, BackendError, ListFacts, owner_of
-from listgate.reply import Reply, clean
+from listgate.reply import Reply, clean, header_value
 from listgate.spfcheck import SpfChecker, SpfResult
 from listgate.verdict import MEMBER, ListVerdict, mailman3_verdict
 
@@ -126,6 +126,10 @@ class ListLookups:
 
     def find_list(self, address: str) -> str | None:
         key = address.lower()
+        if not addresses.is_valid(key):
+            # no list has such a posting address (undecodable bytes, no domain...);
+            # asking the backend would only turn garbage into a "backend error"
+            return None
         hit = self.lists.get(key)
         if not TTLCache.missing(hit):
             return hit
@@ -421,14 +425,14 @@ class Session:
         else:
             self.log("ACCEPT: %s", "; ".join(decision.reasons) or "no list recipient")
         if self.spf is not None:
-            result.add_headers.append(("Received-SPF", self.spf.header, 0))
+            result.add_headers.append(("Received-SPF", header_value(self.spf.header), 0))
         if self.engine.observe:
             if self.observed:
                 stage, d = self.observed
                 would = f"{d.action}; stage={stage}; " + "; ".join(d.reasons)
             else:
                 would = "accept; " + ("; ".join(decision.reasons) or "no list recipient")
-            result.add_headers.append((VERDICT_HEADER, clean(would, 900), -1))
+            result.add_headers.append((VERDICT_HEADER, header_value(would), -1))
         result.decision = Decision(CONTINUE, None, decision.reasons)
         return result
 

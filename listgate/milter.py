@@ -55,11 +55,24 @@ def _guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return wrap
 
 
+#: the only modifications listgate makes: insert Received-SPF / X-Listgate-Verdict,
+#: delete forged X-Listgate-* headers
+ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
+
+
 class ListgateMilter(Milter.Base):
     """One instance per SMTP connection (libmilter runs each in its own thread)."""
 
     #: set by the daemon before runmilter
     engine: Engine
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Ask only for the header actions we use; pymilter would keep all the MTA
+        offers (body replacement, recipient changes...), which is more than we may do."""
+        rc = super().negotiate(opts)
+        if rc == Milter.CONTINUE:
+            opts[0] = self._actions = opts[0] & ACTIONS
+        return rc
 
     def __init__(self) -> None:
         self.conn_id = str(next(_ids))

@@ -26,6 +26,20 @@ def clean(value: object, limit: int = 120) -> str:
     return text
 
 
+#: RFC 5322 allows 998 characters per line; leave room for the header name
+MAX_HEADER_VALUE = 900
+
+
+def header_value(value: object) -> str:
+    """A header value listgate adds, made one line of printable ASCII.
+
+    pyspf copies the HELO name and envelope sender verbatim into Received-SPF: a
+    CR/LF there would inject header lines below our removal of forged ones, and
+    undecodable bytes (surrogate escapes) cannot even be handed to libmilter.
+    """
+    return clean(value, MAX_HEADER_VALUE)
+
+
 @dataclass(frozen=True)
 class Reply:
     """An SMTP reply: ``550``, ``5.7.1``, and a one-line text."""

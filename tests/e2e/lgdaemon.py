@@ -67,12 +67,15 @@ class ListgateDaemon:
 
     def start(self, timeout: float = 15.0) -> ListgateDaemon:
         mark = self.log_size()
-        self.proc = subprocess.Popen([*LISTGATE, "serve", "-c", str(self.cfg_path)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # stderr to a file: a pipe nobody reads would block the daemon once full
+        self.stderr_path = self.dir / "stderr.log"
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen([*LISTGATE, "serve", "-c", str(self.cfg_path)],
+                                         stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                err = self.stderr_path.read_text(errors="replace")
                 raise AssertionError(f"listgate exited {self.proc.returncode}: {err}"
                                      f"{self.log_text(mark)}")
             if "starting:" in self.log_text(mark) and self._listening():
