@@ -32,9 +32,11 @@ CONTINUE, ACCEPT, REJECT, TEMPFAIL = "continue", "accept", "reject", "tempfail"
 
 #: headers collected for the decision (and for later Received-chain checks)
 COLLECTED = frozenset({"from", "sender", "reply-to", "received", "message-id", "subject"})
-#: bounds against header floods: values kept per header name, characters per value
+#: bounds against header floods: values kept per header name, characters per value.
+#: libmilter never passes more than 64 KiB per header, so no value the MTA can hand
+#: us is cut (a cut From could hide the member address Mailman would see).
 MAX_VALUES_PER_HEADER = 100
-MAX_VALUE_CHARS = 16384
+MAX_VALUE_CHARS = 65536
 VERDICT_HEADER = "X-Listgate-Verdict"
 OWN_HEADER_PREFIX = "x-listgate-"
 

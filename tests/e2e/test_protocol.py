@@ -433,9 +433,9 @@ def _largest_header_libmilter_reads(daemon):
             ("From", "F" * (MILTER_MAX_DATA - len("From") - 2 - len(f" <{MEMBER}>"))
              + f" <{MEMBER}>"),
         ])
-    # the From value is kept only up to MAX_VALUE_CHARS, so its address is cut off:
-    # the envelope sender decides (a nonmember)
-    assert [smtp(r) for r in eom] == [REJECT_TEXT], eom
+    # nothing libmilter can deliver is cut: the member address at the very end of a
+    # 64 KiB From is seen, as Mailman would see it
+    assert eom[-1] == CONTINUE, eom
 
 
 def _header_over_libmilter_limit(daemon):
