@@ -221,8 +221,9 @@ class Session:
         self.observed: tuple[str, Decision] | None = None
 
     def log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
+        """One log line: ``[conn] QID: msg`` (the queue id once the MTA has one)."""
         qid = f" {self.queue_id}:" if self.queue_id else ""
-        self.engine.log.log(level, f"[{self.conn_id}]{qid} {msg}", *args)
+        self.engine.log.log(level, "[%s]%s " + msg, self.conn_id, qid, *args)
 
     @property
     def client_class(self) -> list[str]:
@@ -245,6 +246,7 @@ class Session:
             if self.observed is None:
                 self.observed = (stage, decision)
             return OK
+        self.stage = stage
         self.log("%s: %s (%s)", tag, reasons, decision.reply)
         return decision
 
@@ -309,39 +311,51 @@ class Session:
         if auth_user:
             self.authenticated = True
             self.internal = True
-        eng = self.engine
         self.log("mail from <%s>%s", clean(self.mail_from, 255),
                  f" auth={clean(auth_user)}" if auth_user else "")
-        if not self.internal:
-            if self.pending:
-                stage, decision = self.pending
-                self.stage = stage
-                return self._refuse(stage, decision)
-            if self.helo_name is None:
-                self.stage = "helo"
-                return self._refuse("helo", Decision(REJECT, Reply(
-                    "550", "5.7.1", "Say HELO or EHLO first"), ("no HELO before MAIL FROM",)))
-        domain = addresses.domain_of(self.mail_from)
-        if eng.internal_domains and domain:
-            ours = _in_domains(domain, eng.internal_domains)
-            if ours and not self.internal and not self.trusted:
+        # in observe mode a refusal is only logged, and the next checks still run
+        for check in (self._delayed_refusal, self._domain_rules, self._spf):
+            decision = check()
+            if decision.refuses:
+                return decision
+        return OK
+
+    def _delayed_refusal(self) -> Decision:
+        """The connect/HELO refusal decided earlier, or a missing HELO (not for INTERNAL)."""
+        if self.internal:
+            return OK
+        if self.pending:
+            return self._refuse(*self.pending)
+        if self.helo_name is None:
+            return self._refuse("helo", Decision(REJECT, Reply(
+                "550", "5.7.1", "Say HELO or EHLO first"), ("no HELO before MAIL FROM",)))
+        return OK
+
+    def _domain_rules(self) -> Decision:
+        """internal_domains: forged from outside, or a possibly compromised inside host."""
+        eng = self.engine
+        domain = addresses.domain_of(self.mail_from or "")
+        if not eng.internal_domains or not domain:
+            return OK
+        ours = _in_domains(domain, eng.internal_domains)
+        if ours and not self.internal and not self.trusted:
+            return self._refuse("mail", Decision(REJECT, Reply(
+                "550", "5.7.1", f"You are not in the network of {clean(domain)}"),
+                (f"external client using internal domain {clean(domain)}",)))
+        if not ours and self.internal and not self.authenticated:
+            self.log("internal host %s sends as foreign domain %s: possibly compromised",
+                     self.ip or "local", clean(domain), level=logging.WARNING)
+            if eng.cfg.network.reject_foreign_internal:
                 return self._refuse("mail", Decision(REJECT, Reply(
-                    "550", "5.7.1", f"You are not in the network of {clean(domain)}"),
-                    (f"external client using internal domain {clean(domain)}",)))
-            if not ours and self.internal and not self.authenticated:
-                self.log("internal host %s sends as foreign domain %s: possibly compromised",
-                         self.ip or "local", clean(domain), level=logging.WARNING)
-                if eng.cfg.network.reject_foreign_internal:
-                    return self._refuse("mail", Decision(REJECT, Reply(
-                        "550", "5.7.1", f"Internal hosts may not send as {clean(domain)}"),
-                        (f"internal client using foreign domain {clean(domain)}",)))
-        if not self.internal and not self.trusted and eng.spf and self.ip:
-            return self._spf()
+                    "550", "5.7.1", f"Internal hosts may not send as {clean(domain)}"),
+                    (f"internal client using foreign domain {clean(domain)}",)))
         return OK
 
     def _spf(self) -> Decision:
+        """SPF for EXTERNAL, non-TRUSTED clients, mapped through the [spf] actions."""
         eng = self.engine
-        assert eng.spf is not None and self.ip is not None
+        if self.internal or self.trusted or eng.spf is None or self.ip is None:
+            return OK
         self.spf = eng.spf.check(self.ip, self.mail_from or "", self.helo_name or "")
         res = self.spf
         action = eng.spf_actions.get(res.result, "accept")

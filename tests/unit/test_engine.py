@@ -346,6 +346,8 @@ def test_observe_mode_never_refuses_and_reports() -> None:
     name, value, _ = r.add_headers[-1]
     assert name == "X-Listgate-Verdict"
     assert value.startswith("reject; stage=helo; numeric hello name")
+    # the HELO refusal was only logged: the later checks still ran
+    assert r.add_headers[0][0] == "Received-SPF" and s.spf.result == "fail"
     engine, _, _ = make("[milter]\nmode = observe\n")
     r = post(external(engine), "m@x.org")
     assert r.add_headers[-1][1].startswith("accept; list=dev@lists.test verdict=accept")
