@@ -74,6 +74,21 @@ def senders(headers: Mapping[str, Sequence[str]], envelope_sender: str) -> list[
     return [s for s in out if is_valid(s)]
 
 
+def mailman2_sender(headers: Mapping[str, Sequence[str]], envelope_sender: str) -> str:
+    """Mailman 2's ``get_sender()``: the ONE address it moderates nonmembers by.
+
+    The first address of the first From header, else of the first Sender header,
+    else the envelope sender; lowercased, not validated (Mailman 2 does not).
+    """
+    for h in ("from", "sender"):
+        values = headers.get(h)
+        if values:
+            found = header_addresses(values[:1])
+            if found:
+                return found[0]
+    return envelope_sender.lower()
+
+
 def unique(addresses: Iterable[str]) -> tuple[str, ...]:
     """Addresses without repeats, first occurrence kept (order matters to Mailman)."""
     return tuple(dict.fromkeys(addresses))

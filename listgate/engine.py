@@ -23,10 +23,10 @@ from typing import Any
 from listgate import addresses
 from listgate.cache import TTLCache
 from listgate.config import Config
-from listgate.model import Backend, BackendError, ListFacts, owner_of
+from listgate.model import Backend, BackendError, owner_of
 from listgate.reply import Reply, clean, header_value
 from listgate.spfcheck import SpfChecker, SpfResult
-from listgate.verdict import MEMBER, ListVerdict, mailman3_verdict
+from listgate.verdict import MEMBER, ListVerdict, list_verdict
 
 CONTINUE, ACCEPT, REJECT, TEMPFAIL = "continue", "accept", "reject", "tempfail"
 
@@ -139,12 +139,12 @@ class ListLookups:
         self.lists.put(key, found, self.ttl if found else self.negative_ttl)
         return found
 
-    def list_facts(self, list_address: str, senders: tuple[str, ...]) -> ListFacts:
-        key = (list_address, senders)
+    def list_facts(self, list_address: str, senders: tuple[str, ...], primary: str) -> Any:
+        key = (list_address, senders, primary)
         hit = self.facts.get(key)
         if not TTLCache.missing(hit):
             return hit
-        facts = self.backend.list_facts(list_address, senders)
+        facts = self.backend.list_facts(list_address, senders, primary)
         self.facts.put(key, facts, self.ttl)
         return facts
 
@@ -456,6 +456,10 @@ class Session:
         """The message's senders in Mailman's order, without repeats."""
         return addresses.unique(addresses.senders(self.headers, self.mail_from or ""))
 
+    def primary_sender(self) -> str:
+        """Mailman 2's single sender (From, else Sender, else envelope)."""
+        return addresses.mailman2_sender(self.headers, self.mail_from or "")
+
     def _list_decision(self, lists: list[str]) -> tuple[Decision, str | None, ListVerdict | None]:
         """The combined answer for all list recipients: any refusal refuses the message,
         a rejection before a tempfail."""
@@ -471,7 +475,7 @@ class Session:
                   ) -> tuple[Decision, str, ListVerdict | None]:
         eng = self.engine
         try:
-            facts = eng.lookups.list_facts(list_address, senders)
+            facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
         except BackendError as e:
             if eng.fail_open:
                 self.log("list=%s backend error, accepted UNCHECKED (on_backend_error=accept): %s",
@@ -484,7 +488,7 @@ class Session:
             if not eng.observe:
                 self.log("TEMPFAIL: %s (%s)", d.reasons[0], d.reply, level=logging.WARNING)
             return d, list_address, None
-        verdict = mailman3_verdict(facts)
+        verdict = list_verdict(facts)
         kind = f"({verdict.hold_kind})" if verdict.hold_kind else ""
         summary = clean(f"list={list_address} verdict={verdict.action}{kind} rule={verdict.rule} "
                         f"senders={','.join(senders) or '-'}: " + "; ".join(verdict.reasons), 600)

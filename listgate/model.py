@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Mailman 3's moderation actions (``mailman.interfaces.action.Action``).
 ACTIONS = ("hold", "reject", "discard", "accept", "defer")
@@ -102,8 +103,14 @@ class Backend(abc.ABC):
         """Return the list's posting address if ``address`` (lowercased) is one, else None."""
 
     @abc.abstractmethod
-    def list_facts(self, list_address: str, senders: Sequence[str]) -> ListFacts:
-        """Return the policy of ``list_address`` and the facts for each sender (lowercased)."""
+    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "") -> Any:
+        """Return what the list knows about this post's senders.
+
+        ``senders`` are Mailman 3's (From, envelope, Reply-To, Sender; valid, lowercased,
+        unique); ``primary`` is Mailman 2's single ``get_sender()`` address.  Mailman 3
+        style backends return :class:`ListFacts`; another list manager's backend may
+        return its own facts type, which ``verdict.list_verdict`` dispatches on.
+        """
 
     def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing
         """Release connections; the backend may be used again afterwards."""

@@ -105,3 +105,9 @@ def _nonmember(action: str, rule: str, reason: str) -> ListVerdict:
     return ListVerdict(action, NONMEMBER if action == "hold" else None, rule=rule,
                        reasons=(reason,))
 
+
+def list_verdict(facts: object) -> ListVerdict:
+    """The verdict for whatever facts a backend returned (Mailman 3's rules for ListFacts)."""
+    if isinstance(facts, ListFacts):
+        return mailman3_verdict(facts)
+    raise TypeError(f"no verdict rules for {type(facts).__name__}")

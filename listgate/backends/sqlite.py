@@ -802,7 +802,8 @@ class SqliteBackend(model.Backend):
             ).fetchone()
         return None if row is None else row[0]
 
-    def list_facts(self, list_address: str, senders: Sequence[str]) -> model.ListFacts:
+    def list_facts(self, list_address: str, senders: Sequence[str],
+                   primary: str = "") -> model.ListFacts:
         addr = list_address.lower()
         order = [s.lower() for s in senders]
         uniq = list(dict.fromkeys(order))

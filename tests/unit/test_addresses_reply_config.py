@@ -120,3 +120,14 @@ def test_example_config_documents_every_key_with_its_default() -> None:
             if key != "reject_message":
                 assert opt.parse(m.group(1)) == opt.parse(opt.default), (
                     f"[{section}] {key}: example shows {m.group(1)!r}, default is {opt.default!r}")
+
+
+@pytest.mark.parametrize(("headers", "envelope", "primary"), [
+    ({"from": ["A <A@x.org>, b@x.org"], "sender": ["s@x.org"]}, "e@x.org", "a@x.org"),
+    ({"from": ["garbage"], "sender": ["S@x.org"]}, "e@x.org", "garbage"),
+    ({"from": [""], "sender": ["S@x.org"]}, "e@x.org", "s@x.org"),
+    ({"reply-to": ["r@x.org"]}, "E@x.org", "e@x.org"),
+    ({}, "", ""),
+])
+def test_mailman2_primary_sender(headers: dict, envelope: str, primary: str) -> None:
+    assert addresses.mailman2_sender(headers, envelope) == primary

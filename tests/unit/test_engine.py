@@ -33,7 +33,8 @@ class DictBackend(Backend):
             raise BackendError("sqlite /nope: unable to open database file")
         return address if address in self.policies else None
 
-    def list_facts(self, list_address: str, senders: Sequence[str]) -> ListFacts:
+    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = ""
+                   ) -> ListFacts:
         self.calls += 1
         if self.broken:
             raise BackendError("sqlite /nope: unable to open database file")
