@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -16,6 +17,7 @@ import Milter
 from listgate import __version__
 from listgate.app import build_engine
 from listgate.config import Config
+from listgate.engine import Engine
 from listgate.milter import ListgateMilter
 from listgate.model import BackendError
 
@@ -92,10 +94,33 @@ def _socket_fds() -> list[int]:
     return fds
 
 
+def log_stats_on_sigusr1(engine: Engine) -> threading.Thread:
+    """Log the cache statistics whenever SIGUSR1 arrives.
+
+    The main thread sits inside libmilter's C loop, where a Python signal handler
+    would never run; instead SIGUSR1 is blocked in every thread (threads inherit the
+    mask, so call this before any is started) and one thread waits for it.  The
+    signals libmilter's own signal thread waits for (TERM, HUP, INT) are blocked too:
+    a thread of ours that left them open would receive SIGTERM and die by it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM,
+                                              signal.SIGHUP, signal.SIGINT})
+
+    def wait() -> None:
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            log.info("stats: %s", engine.lookups.stats())
+
+    t = threading.Thread(target=wait, name="sigusr1", daemon=True)
+    t.start()
+    return t
+
+
 def serve(cfg: Config) -> int:
     """Run the milter until SIGTERM/SIGINT; return the exit status."""
     setup_logging(cfg)
     engine = build_engine(cfg, log)
+    log_stats_on_sigusr1(engine)
     try:
         engine.backend.find_list("postmaster@listgate.invalid")
     except BackendError as e:

@@ -121,8 +121,9 @@ class ListLookups:
 
     def __init__(self, backend: Backend, ttl: float, negative_ttl: float, size: int) -> None:
         self.backend = backend
-        self.ttl = ttl
-        self.negative_ttl = negative_ttl
+        own = backend.caches_itself
+        self.ttl = 0.0 if own else ttl
+        self.negative_ttl = 0.0 if own else negative_ttl
         self.lists = TTLCache(size)
         self.facts = TTLCache(size)
 
@@ -153,6 +154,9 @@ class ListLookups:
         self.facts.clear()
 
     def stats(self) -> str:
+        """Cache hit/miss counts for the log (SIGUSR1, shutdown)."""
+        if self.backend.caches_itself:
+            return self.backend.stats()
         return (f"list cache {self.lists.hits} hits/{self.lists.misses} misses, "
                 f"facts cache {self.facts.hits} hits/{self.facts.misses} misses")
 

@@ -97,6 +97,9 @@ class Backend(abc.ABC):
 
     #: short name used in config (``[lists] backend``) and in log lines
     name: str = "?"
+    #: True if the backend caches its own answers (the engine then does not, so a
+    #: change is seen within one TTL, not two)
+    caches_itself: bool = False
 
     @abc.abstractmethod
     def find_list(self, address: str) -> str | None:
@@ -111,6 +114,10 @@ class Backend(abc.ABC):
         style backends return :class:`ListFacts`; another list manager's backend may
         return its own facts type, which ``verdict.list_verdict`` dispatches on.
         """
+
+    def stats(self) -> str:
+        """Cache statistics of a backend that caches itself."""
+        return ""
 
     def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing
         """Release connections; the backend may be used again afterwards."""

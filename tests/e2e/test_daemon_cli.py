@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 
@@ -93,6 +94,8 @@ def test_log_reopened_after_logrotate_and_sigterm_exits_0():
         _post(d)
         d.wait_for_log(r"\[2\] ACCEPT: no list recipient")
         assert "[1]" not in d.log_text(), "new events go to the new file"
+        d.proc.send_signal(signal.SIGUSR1)
+        d.wait_for_log(r"INFO stats: list cache \d+ hits/\d+ misses, facts cache")
     finally:
         assert d.stop() == 0
     assert "listgate stopped" in d.log_text()
