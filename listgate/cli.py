@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load(args.config)
+        return args.func(args, cfg)
     except ConfigError as e:
+        # also raised while building the backend (e.g. a world-readable password file)
         print(f"listgate: config error: {e}", file=sys.stderr)
         return 2
-    return args.func(args, cfg)

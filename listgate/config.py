@@ -150,6 +150,18 @@ def _nameservers(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def _optional_seconds(raw: str) -> float | None:
+    """Seconds, or empty for "inherit" (None)."""
+    return _seconds(raw) if raw.strip() else None
+
+
+def _url(raw: str) -> str:
+    v = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
+        raise ValueError(f"expected an http:// or https:// URL, got {raw.strip()!r}")
+    return v
+
+
 def _reject_message(raw: str) -> str:
     v = raw.strip()
     try:
@@ -202,7 +214,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "timeout": Opt("20", _positive_seconds),
     },
     "lists": {
-        "backend": Opt("sqlite", _choice("sqlite")),
+        "backend": Opt("sqlite", _choice("sqlite", "mailman3")),
         "one_list_per_transaction": Opt("yes", parse_bool),
         "nonmember_hold_action": Opt("reject", _choice(*HOLD_ACTIONS)),
         "member_hold_action": Opt("accept", _choice(*HOLD_ACTIONS)),
@@ -211,6 +223,15 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "cache_ttl": Opt("60", _seconds),
         "negative_cache_ttl": Opt("60", _seconds),
         "cache_size": Opt("10000", _int),
+    },
+    "mailman3": {
+        "url": Opt("http://127.0.0.1:8001/3.1", _url),
+        "user": Opt("restadmin", _str),
+        "password": Opt("", _str),
+        "password_file": Opt("", _str),
+        "timeout": Opt("5", _positive_seconds),
+        "cache_ttl": Opt("", _optional_seconds),
+        "negative_cache_ttl": Opt("", _optional_seconds),
     },
     "sqlite": {
         "path": Opt("/var/lib/listgate/listgate.db", _str),

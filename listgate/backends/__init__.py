@@ -11,6 +11,7 @@ from listgate.model import Backend
 #: ``[lists] backend`` value -> module that defines ``create(cfg) -> Backend``
 BACKENDS = {
     "sqlite": "listgate.backends.sqlite",
+    "mailman3": "listgate.backends.mailman3",
 }
 
 
