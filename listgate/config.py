@@ -214,7 +214,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "timeout": Opt("20", _positive_seconds),
     },
     "lists": {
-        "backend": Opt("sqlite", _choice("sqlite", "mailman3")),
+        "backend": Opt("sqlite", _choice("sqlite", "mailman3", "mailman2")),
         "one_list_per_transaction": Opt("yes", parse_bool),
         "nonmember_hold_action": Opt("reject", _choice(*HOLD_ACTIONS)),
         "member_hold_action": Opt("accept", _choice(*HOLD_ACTIONS)),
@@ -232,6 +232,10 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "timeout": Opt("5", _positive_seconds),
         "cache_ttl": Opt("", _optional_seconds),
         "negative_cache_ttl": Opt("", _optional_seconds),
+    },
+    "mailman2": {
+        "lists_dir": Opt("/var/lib/mailman/lists", _str),
+        "domains": Opt("", _domains),
     },
     "sqlite": {
         "path": Opt("/var/lib/listgate/listgate.db", _str),

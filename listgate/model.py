@@ -121,3 +121,46 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing
         """Release connections; the backend may be used again afterwards."""
+
+
+@dataclass(frozen=True)
+class Mailman2Sender:
+    """What a Mailman 2 list knows about one of the post's senders (``msg.get_senders()``)."""
+
+    address: str
+    #: the member address Mailman 2 found: the sender itself or, through the list's
+    #: ``equivalent_domains``, the same local part at an equivalent domain; None = no member
+    member: str | None = None
+    #: that member receives digests (``digest_members``) rather than single posts
+    digest: bool = False
+    #: the member's moderate flag (``user_options[member] & 128``) is set
+    moderated: bool = False
+
+
+@dataclass(frozen=True)
+class Mailman2Facts:
+    """What a Mailman 2.1 list's ``config.pck`` says about a post's senders.
+
+    Mailman 2 decides members by every sender (``get_senders()``, in ``senders``)
+    but nonmembers by ONE address, ``primary`` (``get_sender()``), so both are kept.
+    The integer actions are Mailman 2's own codes (see :func:`verdict.mailman2_verdict`).
+    """
+
+    list_address: str  #: the posting address the post was sent to, lowercased
+    internal_name: str  #: Mailman 2's list name (the directory under ``lists/``)
+    emergency: bool = False
+    #: for moderated members: 0 hold, 1 reject, 2 discard
+    member_moderation_action: int = 0
+    #: for nonmembers no ``*_these_nonmembers`` entry matches: 0 accept, 1 hold,
+    #: 2 reject, 3 discard
+    generic_nonmember_action: int = 1
+    accept_these_nonmembers: tuple[str, ...] = ()
+    hold_these_nonmembers: tuple[str, ...] = ()
+    reject_these_nonmembers: tuple[str, ...] = ()
+    discard_these_nonmembers: tuple[str, ...] = ()
+    senders: tuple[Mailman2Sender, ...] = ()
+    #: Mailman 2's ``get_sender()``, lowercased ('' if the post has no sender at all)
+    primary: str = ""
+    #: internal names of the lists named by ``@name`` entries that ``primary`` is a
+    #: member (or digest member) of; unknown lists and this list itself never are
+    primary_member_of: frozenset[str] = field(default_factory=frozenset)

@@ -12,6 +12,7 @@ from listgate.model import Backend
 BACKENDS = {
     "sqlite": "listgate.backends.sqlite",
     "mailman3": "listgate.backends.mailman3",
+    "mailman2": "listgate.backends.mailman2",
 }
 
 

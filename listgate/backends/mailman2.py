@@ -1,0 +1,611 @@
+"""The Mailman 2.1 backend: read each list's ``config.pck`` directly, as Mailman does.
+
+Mailman 2 keeps a list's whole configuration and roster in
+``<lists_dir>/<name>/config.pck``, a Python 2 pickle (protocol 1) of a dict of the
+list's attributes.  This backend reads the few it needs -- ``host_name``,
+``members``, ``digest_members``, ``user_options`` (the moderate flag, 128),
+``member_moderation_action``, ``generic_nonmember_action``, ``emergency``,
+``equivalent_domains`` and the four ``*_these_nonmembers`` lists -- and hands
+them, with the post's senders, to :func:`listgate.verdict.mailman2_verdict`
+(Mailman 2.1's ``Handlers/Moderate.py`` and ``Handlers/Emergency.py``).
+
+Safety.  A pickle can name any Python callable, so it is never ``pickle.load``-ed:
+a restricted unpickler resolves exactly one class, ``Mailman.Bouncer._BounceInfo``
+(the values of ``bounce_info``), to a harmless stub, and refuses the file when it
+names anything else (``mailman2 PATH: refusing to load Mailman 2 data: it
+references os.system``) -- before anything is called.  Only pickle protocols 0-2
+(Python 2's) are accepted.  Strings are decoded as latin-1 (lossless: Python 2 str
+is bytes) and then, where they are valid UTF-8, as UTF-8.
+
+Posting addresses.  A list's posting address is ``<name>@<host_name>``: the
+directory name (Mailman's internal name, lowercase) at the list's ``host_name``.
+``[mailman2] domains`` adds ``<name>@<domain>`` for each domain named there, for
+MTAs that route whole domains to Mailman by local part (aliases, a transport map):
+there every list receives mail at every such domain.  It does not restrict: a
+list at a host_name not named there still receives mail addressed to it, so it is
+still gated.  ``-request``, ``-owner``, ``-bounces``... are never posting addresses.
+
+Freshness.  The directory is rescanned when its mtime changes (a list created or
+removed) and at least every :attr:`Mailman2Backend.RESCAN_INTERVAL` seconds (a
+changed ``host_name``); a list's file is re-read only when its (device, inode, size,
+mtime) changed -- Mailman writes it to a temporary file and renames it into place,
+so a reader sees either the old file or the new one, whole.  listgate takes none of
+Mailman's locks and never writes.  Only the attributes above are kept in memory.
+
+Errors.  A missing, unreadable or corrupt file, or one of the wrong shape, is a
+:class:`~listgate.model.BackendError` ``mailman2 PATH: cause`` (the engine answers
+451, or ``on_backend_error``).  Mailman itself would fall back to
+``config.pck.last``; listgate does not guess and tempfails instead.  A list whose
+file cannot be read keeps its posting addresses failing (if its host_name was never
+read, every ``<name>@...`` address fails) rather than letting posts through ungated.
+
+Differences from Mailman 2.1: ``^`` patterns run under Python 3's ``re`` (a few
+Python 2 patterns, such as unknown escapes, are errors there and are skipped, as
+Mailman skips bad ones); for a nonmember post every list named by an ``@name``
+entry is read, where Mailman stops at the first matching entry, so an unreadable
+one is a BackendError even where an earlier entry would have decided; the senders
+are the engine's (Mailman 3's validated addresses), where Mailman 2 takes every
+address it can parse.  The Approved: password, DMARC, size and content checks and
+member_verbosity auto-moderation need the message or Mailman's process state and
+are left to Mailman.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from listgate import model
+from listgate.config import Config
+
+#: ``user_options`` bit of the moderate flag (Mailman 2 ``mm_cfg.Moderate``)
+MODERATE = 128
+
+#: the only class a Mailman 2.1 config.pck contains
+_ALLOWED_CLASS = ("Mailman.Bouncer", "_BounceInfo")
+
+
+class _BounceInfo:
+    """Stands in for ``Mailman.Bouncer._BounceInfo`` (the values of ``bounce_info``).
+
+    listgate never looks at bounce data; the unpickler only needs something
+    inert to build.  Accepting any arguments keeps odd but harmless pickles loadable.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a callable other than the allowed class."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class _Unpickler(pickle.Unpickler):
+    """Resolves ``Mailman.Bouncer._BounceInfo`` to a stub and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == _ALLOWED_CLASS:
+            return _BounceInfo
+        raise _Refused(f"{module}.{name}")
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """``text`` with control characters escaped and cut to ``limit``: names read from
+    a (possibly hostile) file end up in log lines."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _error(path: str, cause: str) -> model.BackendError:
+    return model.BackendError(f"mailman2 {path}: {_printable(cause)}")
+
+
+def _cause(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def load_config(path: str) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """Read a Mailman 2 ``config.pck`` safely: (file identity, dict of attributes).
+
+    Raises BackendError naming ``path`` on any failure, and refuses (before
+    calling anything) a pickle that names any callable but ``_BounceInfo``.
+    """
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        raise _error(path, f"cannot read: {_cause(e)}") from None
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if data[:1] == b"\x80" and len(data) > 1 and data[1] > 2:
+        raise _error(path, f"not a Mailman 2 list file: pickle protocol {data[1]} "
+                           "(Python 2 writes 0 to 2)")
+    try:
+        value = _Unpickler(io.BytesIO(data), encoding="latin-1").load()
+    except _Refused as e:
+        raise _error(path, f"refusing to load Mailman 2 data: it references {e.what}") from None
+    except RecursionError:
+        raise _error(path, "corrupt list file: nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is "corrupt", never a crash
+        raise _error(path, f"corrupt list file: {type(e).__name__}: {_cause(e)}") from None
+    if not isinstance(value, dict):
+        raise _error(path, f"not a Mailman 2 list file: a pickled {type(value).__name__}, "
+                           "not a dict of list attributes")
+    return ident, value
+
+
+# -- turning Python 2 values into the plain ones listgate works with
+
+
+def _text(value: Any) -> str | None:
+    """A Python 2 str (latin-1 decoded, or bytes) or unicode -> str; None if not text.
+
+    Python 2 str is bytes; addresses and patterns in it are normally ASCII or
+    UTF-8, so a non-ASCII value that is valid UTF-8 is read as such.
+    """
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            raw = value.encode("latin-1")
+        except UnicodeEncodeError:
+            return value  # a real unicode string (BINUNICODE)
+    else:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class _BadData(ValueError):
+    """An attribute of the wrong type; the message names it."""
+
+
+def _str_attr(d: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = d.get(key, default)
+    text = _text(value)
+    if text is None:
+        raise _BadData(f"{key} is a {type(value).__name__}, not a string")
+    return text
+
+
+def _int_attr(d: Mapping[str, Any], key: str, default: int) -> int:
+    value = d.get(key, default)
+    if not isinstance(value, int):
+        raise _BadData(f"{key} is a {type(value).__name__}, not a number")
+    return int(value)
+
+
+def _entries(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = d.get(key, [])
+    if not isinstance(value, list | tuple):
+        raise _BadData(f"{key} is a {type(value).__name__}, not a list")
+    out = []
+    for item in value:
+        text = _text(item)
+        if text is None:
+            raise _BadData(f"{key} holds a {type(item).__name__}, not a string")
+        out.append(text)
+    return tuple(out)
+
+
+def _addresses(d: Mapping[str, Any], key: str) -> Iterable[tuple[str, Any]]:
+    """(lowercased address, value) for a dict keyed by address."""
+    value = d.get(key, {})
+    if not isinstance(value, dict):
+        raise _BadData(f"{key} is a {type(value).__name__}, not a dict")
+    for k, v in value.items():
+        text = _text(k)
+        if text is None:
+            raise _BadData(f"{key} has a {type(k).__name__} key, not an address")
+        yield text.lower(), v
+
+
+@dataclass(frozen=True)
+class ListData:
+    """What listgate keeps of one Mailman 2 list (everything else is dropped)."""
+
+    name: str  #: internal name (the directory under lists_dir)
+    host_name: str  #: lowercased; '' if the file has none
+    emergency: bool
+    member_moderation_action: int
+    generic_nonmember_action: int
+    equivalent_domains: str
+    accept_these_nonmembers: tuple[str, ...]
+    hold_these_nonmembers: tuple[str, ...]
+    reject_these_nonmembers: tuple[str, ...]
+    discard_these_nonmembers: tuple[str, ...]
+    members: frozenset[str]
+    digest_members: frozenset[str]
+    #: addresses whose ``user_options`` have the moderate flag
+    moderated: frozenset[str]
+
+    @classmethod
+    def from_config(cls, name: str, d: Mapping[str, Any]) -> ListData:
+        """The attributes of a loaded config.pck; _BadData if one has the wrong type.
+
+        A missing attribute gets Mailman 2.1's default, as Mailman's own
+        ``CheckVersion`` would give it.
+        """
+        return cls(
+            name=name,
+            host_name=_str_attr(d, "host_name").strip().lower().rstrip("."),
+            emergency=bool(_int_attr(d, "emergency", 0)),
+            member_moderation_action=_int_attr(d, "member_moderation_action", 0),
+            generic_nonmember_action=_int_attr(d, "generic_nonmember_action", 1),
+            equivalent_domains=_str_attr(d, "equivalent_domains"),
+            accept_these_nonmembers=_entries(d, "accept_these_nonmembers"),
+            hold_these_nonmembers=_entries(d, "hold_these_nonmembers"),
+            reject_these_nonmembers=_entries(d, "reject_these_nonmembers"),
+            discard_these_nonmembers=_entries(d, "discard_these_nonmembers"),
+            members=frozenset(a for a, _v in _addresses(d, "members")),
+            digest_members=frozenset(a for a, _v in _addresses(d, "digest_members")),
+            moderated=frozenset(a for a, v in _addresses(d, "user_options")
+                                if isinstance(v, int) and v & MODERATE),
+        )
+
+    def is_member(self, address: str) -> bool:
+        """Mailman 2 ``isMember``: in members or digest_members, case-insensitively."""
+        a = address.lower()
+        return a in self.members or a in self.digest_members
+
+    def member_as(self, sender: str) -> str | None:
+        """The member address Moderate.py finds for ``sender`` (itself, or through
+        ``equivalent_domains``), or None."""
+        if self.is_member(sender):
+            return sender.lower()
+        for variant in check_eq_domains(sender, self.equivalent_domains):
+            if self.is_member(variant):
+                return variant.lower()
+        return None
+
+
+def check_eq_domains(email: str, domains_list: str) -> list[str]:
+    """Mailman 2.1 ``Utils.check_eq_domains``: ``email`` at the other domains of its
+    group in ``domains_list`` (``'a.org,b.org;mac.com,me.com'``), or []."""
+    if not domains_list or "@" not in email:
+        return []
+    local, domain = email.rsplit("@", 1)
+    domain = domain.lower()
+    groups = "".join(domains_list.split()).lower().split(";")
+    for group in groups:
+        domains = group.split(",")
+        if domain in domains:
+            return [f"{local}@{d}" for d in domains if d != domain]
+    return []
+
+
+def _safe_name(name: str) -> bool:
+    """A list name that is one directory entry (an ``@name`` entry is not a path)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name \
+        and (os.sep == "/" or os.sep not in name)
+
+
+@dataclass(frozen=True)
+class _Index:
+    """One scan of lists_dir."""
+
+    dir_ident: tuple[int, ...]
+    scanned: float  #: monotonic time of the scan
+    addresses: dict[str, str]  #: posting address -> internal name
+    #: internal name -> (the error, the host_name last read or None) for lists
+    #: whose file could not be read
+    broken: dict[str, tuple[model.BackendError, str | None]]
+
+
+class Mailman2Backend(model.Backend):
+    """Mailman 2.1 lists read from their ``config.pck`` files.  Safe from many threads:
+    one lock guards the caches (never held during I/O), another makes sure only one
+    thread rescans the directory at a time."""
+
+    name = "mailman2"
+    #: seconds between rescans of lists_dir when its mtime did not change
+    RESCAN_INTERVAL = 5.0
+
+    def __init__(self, lists_dir: str, domains: Sequence[str] = ()) -> None:
+        self.lists_dir = lists_dir
+        self.domains = tuple(d.lower().rstrip(".") for d in domains)
+        self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()
+        #: internal name -> (file identity, data)
+        self._lists: dict[str, tuple[tuple[int, ...], ListData]] = {}
+        self._index: _Index | None = None
+
+    def path(self, name: str) -> str:
+        """The config.pck of list ``name``."""
+        return os.path.join(self.lists_dir, name, "config.pck")
+
+    # -- reading lists
+
+    def _load(self, name: str, known_ident: tuple[int, ...] | None = None) -> ListData:
+        """The list's data, re-read only if its file changed.  BackendError on failure."""
+        path = self.path(name)
+        if known_ident is None:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                raise _error(path, f"cannot read: {_cause(e)}") from None
+            known_ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._lists.get(name)
+        if hit is not None and hit[0] == known_ident:
+            return hit[1]
+        ident, d = load_config(path)
+        try:
+            data = ListData.from_config(name, d)
+        except _BadData as e:
+            raise _error(path, f"not a Mailman 2 list file: {e}") from None
+        with self._lock:
+            self._lists[name] = (ident, data)
+        return data
+
+    def _load_referenced(self, name: str) -> ListData | None:
+        """The list an ``@name`` entry names, or None if there is no such list
+        (Mailman ignores the entry then)."""
+        if not _safe_name(name):
+            return None
+        try:
+            st = os.stat(self.path(name))
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        except OSError as e:
+            raise _error(self.path(name), f"cannot read: {_cause(e)}") from None
+        return self._load(name, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    # -- the directory index
+
+    def _scan(self, dir_ident: tuple[int, ...]) -> _Index:
+        try:
+            with os.scandir(self.lists_dir) as it:
+                names = sorted(e.name for e in it if e.is_dir())
+        except OSError as e:
+            raise _error(self.lists_dir, f"cannot list: {_cause(e)}") from None
+        addresses: dict[str, str] = {}
+        broken: dict[str, tuple[model.BackendError, str | None]] = {}
+        found = set()
+        for name in names:
+            path = self.path(name)
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # not a list (Mailman's list_exists)
+            except OSError as e:
+                st, err = None, _error(path, f"cannot read: {_cause(e)}")
+            found.add(name)
+            local = name.lower()
+            for d in self.domains:
+                addresses[f"{local}@{d}"] = name
+            if st is not None:
+                try:
+                    data = self._load(name, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                except model.BackendError as e:
+                    err = e
+                else:
+                    if data.host_name:
+                        addresses[f"{local}@{data.host_name}"] = name
+                    continue
+            # unreadable: keep failing at its addresses rather than let posts through
+            with self._lock:
+                old = self._lists.get(name)
+            broken[name] = (err, old[1].host_name if old else None)
+        with self._lock:
+            for gone in set(self._lists) - found:
+                del self._lists[gone]
+        return _Index(dir_ident, time.monotonic(), addresses, broken)
+
+    def _current_index(self) -> _Index:
+        try:
+            st = os.stat(self.lists_dir)
+        except OSError as e:
+            raise _error(self.lists_dir, f"cannot read: {_cause(e)}") from None
+        dir_ident = (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+        def fresh(index: _Index | None) -> bool:
+            return (index is not None and index.dir_ident == dir_ident
+                    and time.monotonic() < index.scanned + self.RESCAN_INTERVAL)
+
+        with self._lock:
+            index = self._index
+        if fresh(index):
+            return index  # type: ignore[return-value]
+        with self._scan_lock:
+            with self._lock:
+                index = self._index
+            if fresh(index):  # another thread just scanned
+                return index  # type: ignore[return-value]
+            index = self._scan(dir_ident)
+            with self._lock:
+                self._index = index
+            return index
+
+    def _broken_for(self, index: _Index, address: str) -> model.BackendError | None:
+        """The error of an unreadable list ``address`` may be the posting address of."""
+        local, _, domain = address.rpartition("@")
+        for name, (err, host_name) in index.broken.items():
+            if name.lower() == local and (host_name is None or domain == host_name
+                                          or domain in self.domains):
+                return err
+        return None
+
+    # -- the Backend interface
+
+    def find_list(self, address: str) -> str | None:
+        addr = address.lower()
+        index = self._current_index()
+        if addr in index.addresses:
+            return addr
+        err = self._broken_for(index, addr)
+        if err is not None:
+            raise err
+        return None
+
+    def list_facts(self, list_address: str, senders: Sequence[str],
+                   primary: str = "") -> model.Mailman2Facts:
+        addr = list_address.lower()
+        index = self._current_index()
+        name = index.addresses.get(addr)
+        if name is None:
+            err = self._broken_for(index, addr)
+            raise err if err is not None else _error(self.lists_dir, f"no such list: {addr}")
+        data = self._load(name)
+        primary = primary.lower()
+        sender_facts = []
+        for s in dict.fromkeys(a.lower() for a in senders):
+            member = data.member_as(s)
+            sender_facts.append(model.Mailman2Sender(
+                address=s,
+                member=member,
+                digest=member is not None and member not in data.members,
+                moderated=member is not None and member in data.moderated,
+            ))
+        member_of: set[str] = set()
+        if primary and not any(s.member for s in sender_facts):
+            # only nonmember posts reach the @name entries (in all four lists)
+            for key in model.NONMEMBER_LISTS:
+                for entry in getattr(data, key):
+                    if not entry.startswith("@"):
+                        continue
+                    ref = entry[1:].lower().strip()
+                    if ref == data.name or ref in member_of:
+                        continue  # Mailman: "references own list"
+                    other = self._load_referenced(ref)
+                    if other is not None and other.is_member(primary):
+                        member_of.add(ref)
+        return model.Mailman2Facts(
+            list_address=addr,
+            internal_name=data.name,
+            emergency=data.emergency,
+            member_moderation_action=data.member_moderation_action,
+            generic_nonmember_action=data.generic_nonmember_action,
+            accept_these_nonmembers=data.accept_these_nonmembers,
+            hold_these_nonmembers=data.hold_these_nonmembers,
+            reject_these_nonmembers=data.reject_these_nonmembers,
+            discard_these_nonmembers=data.discard_these_nonmembers,
+            senders=tuple(sender_facts),
+            primary=primary,
+            primary_member_of=frozenset(member_of),
+        )
+
+    def close(self) -> None:
+        """Forget every cached list (they are read again when next needed)."""
+        with self._lock:
+            self._lists.clear()
+            self._index = None
+
+
+def create(cfg: Config) -> Mailman2Backend:
+    """The factory :func:`listgate.backends.open_backend` calls."""
+    return Mailman2Backend(cfg.mailman2.lists_dir, cfg.mailman2.domains)
+
+
+# -- `listgate lists import --from mailman2 DIR`
+
+_MEMBER_ACTIONS = {0: "hold", 1: "reject", 2: "discard"}
+_NONMEMBER_ACTIONS = {0: "accept", 1: "hold", 2: "reject", 3: "discard"}
+
+
+def mailman3_entry(entry: str) -> str:
+    """A Mailman 2 nonmember entry in the form Mailman 3's rules (and the store) use.
+
+    Plain entries: Mailman 2 compares them case-insensitively, Mailman 3 exactly
+    against the lowercased sender, so they are lowercased.  ``^`` patterns: Mailman 2
+    runs ``re.search(entry, sender, IGNORECASE)``, Mailman 3 ``re.match(entry,
+    sender)``; ``^.*?(?i:ENTRY)`` matches exactly where the former searches, including
+    alternations such as ``^a|b`` (b anywhere).
+    """
+    if entry.startswith("^"):
+        return f"^.*?(?i:{entry})"
+    return entry.strip().lower()
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return False
+    return True
+
+
+def export(lists_dir: str, cfg: Config | None = None) -> dict[str, Any]:
+    """Mailman 2's lists and policies in listgate's export format (``lists import``).
+
+    What the Mailman 3 model of the store cannot say is dropped with a warning on
+    the log: ``@name`` references outside accept_these_nonmembers.  Mailman 2 judges
+    nonmembers by From (else Sender) alone, while the store checks every sender as
+    Mailman 3 does: an imported list is a little more permissive for a post whose
+    Reply-To or envelope is on an accept list.
+    """
+    import logging
+
+    log = logging.getLogger("listgate")
+    try:
+        names = sorted(e.name for e in os.scandir(lists_dir) if e.is_dir())
+    except OSError as e:
+        raise _error(lists_dir, f"cannot list: {_cause(e)}") from None
+    hosts: dict[str, str] = {}
+    lists: list[ListData] = []
+    for name in names:
+        path = os.path.join(lists_dir, name, "config.pck")
+        if not os.path.isfile(path):
+            continue
+        try:
+            data = ListData.from_config(name, load_config(path)[1])
+        except _BadData as e:
+            raise _error(path, str(e)) from None
+        if not data.host_name:
+            raise _error(path, "the list has no host_name: cannot tell its posting address")
+        hosts[name.lower()] = data.host_name
+        lists.append(data)
+    out = []
+    for data in lists:
+        address = f"{data.name.lower()}@{data.host_name}"
+        item: dict[str, Any] = {
+            "address": address,
+            "default_member_action": "defer",
+            "default_nonmember_action": _NONMEMBER_ACTIONS.get(data.generic_nonmember_action,
+                                                               "hold"),
+            "emergency": data.emergency,
+        }
+        for key in model.NONMEMBER_LISTS:
+            entries = []
+            for entry in getattr(data, key):
+                if entry.startswith("@"):
+                    ref = entry[1:].strip().lower()
+                    if key != "accept_these_nonmembers" or ref not in hosts:
+                        log.warning("%s: %s entry %r dropped: the store only knows @list "
+                                    "references to existing lists in "
+                                    "accept_these_nonmembers", address, key, entry)
+                        continue
+                    entries.append(f"@{ref}@{hosts[ref]}")
+                elif entry.startswith("^") and not _compiles(entry):
+                    log.warning("%s: %s entry %r dropped: not a valid regular expression "
+                                "(Mailman skips it too)", address, key, entry)
+                else:
+                    entries.append(mailman3_entry(entry))
+            item[key] = entries
+        action = _MEMBER_ACTIONS.get(data.member_moderation_action, "hold")
+        item["members"] = [
+            {"address": a, "moderation_action": action if a in data.moderated else None}
+            for a in sorted(data.members | data.digest_members)]
+        item["nonmembers"] = []
+        out.append(item)
+    # no "bans": Mailman 2 bans only stop subscriptions, and the store's own stay as they are
+    return {"version": 1, "lists": out}
