@@ -117,6 +117,7 @@ def _command(fn: _Command, *, write: bool) -> Handler:
 
     def handler(args: argparse.Namespace, cfg: Config) -> int:
         store = SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout)
+        args.cfg = cfg  # for commands that read another source (lists import --from)
         try:
             if write and store.init():
                 print(f"created database {store.path}")
@@ -124,7 +125,7 @@ def _command(fn: _Command, *, write: bool) -> Handler:
         except ValueError as e:
             _err(str(e))
             return 2
-        except StoreError as e:
+        except (StoreError, model.BackendError) as e:
             _err(str(e))
             return 1
         except sqlite3.Error as e:
@@ -293,14 +294,33 @@ def cmd_lists_export(args: argparse.Namespace, store: SqliteStore) -> int:
     return 0
 
 
-def cmd_lists_import(args: argparse.Namespace, store: SqliteStore) -> int:
-    """Sync the store with an export file (see the module docstring)."""
+def _read_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The export document to import: a JSON file, or read from a list manager."""
+    if args.source_type == "mailman3":
+        from listgate.backends import mailman3
+
+        m3 = args.cfg.mailman3
+        backend = mailman3.Mailman3Backend(args.file, m3.user, mailman3.read_password(args.cfg),
+                                           m3.timeout)
+        try:
+            return mailman3.export(backend)
+        finally:
+            backend.close()
+    if args.source_type == "mailman2":
+        from listgate.backends import mailman2
+
+        return mailman2.export(args.file, args.cfg)
     with _open_in(args.file) as f:
         text = f.read()
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as e:
         raise ValueError(f"{args.file}: not valid JSON: {e}") from None
+
+
+def cmd_lists_import(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Sync the store with an export file, or with a Mailman 3 or Mailman 2 installation."""
+    data = _read_source(args)
     try:
         summary = store.import_json(data, prune=args.prune)
     except ValueError as e:
@@ -429,8 +449,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     p = leaf(lists, "export", cmd_lists_export, write=False)
     p.add_argument("file", metavar="FILE.json", help="'-' for stdout")
     p = leaf(lists, "import", cmd_lists_import, write=True)
-    p.add_argument("file", metavar="FILE.json", help="'-' for stdin")
-    p.add_argument("--prune", action="store_true", help="also delete lists not in the file")
+    p.add_argument("file", metavar="SOURCE",
+                   help="FILE.json ('-' for stdin); with --from mailman3 Mailman's REST URL "
+                        "(e.g. http://127.0.0.1:8001/3.1, credentials from [mailman3]); with "
+                        "--from mailman2 its lists directory (e.g. /var/lib/mailman/lists)")
+    p.add_argument("--from", dest="source_type", default="json",
+                   choices=("json", "mailman3", "mailman2"),
+                   help="what SOURCE is (default: json)")
+    p.add_argument("--prune", action="store_true",
+                   help="also delete lists the source does not have")
 
     members = group("members", "add, remove and list members and nonmember records")
     for name, fn in (("add", cmd_members_add), ("remove", cmd_members_remove)):
