@@ -28,9 +28,11 @@ run: $(STAMP)
 	$(VENV)/bin/listgate -c $(CONFIG) db init
 	exec $(VENV)/bin/listgate -c $(CONFIG) serve
 
-# The whole suite: lint, unit, protocol and end-to-end tests (real Postfix, dnsmasq).
+# The whole suite: lint, unit, protocol and end-to-end tests (real Postfix, dnsmasq,
+# and a real Mailman 3 in a venv of its own).
 test: $(STAMP)
 	scripts/install-debian-deps.sh test
+	scripts/install-mailman3.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -42,6 +44,7 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	scripts/install-debian-deps.sh test
+	scripts/install-mailman3.sh
 	$(PY) -m pytest -q tests/e2e
 
 clean:

@@ -11,6 +11,7 @@ post.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from listgate.model import NONMEMBER_LISTS, ListFacts, Mailman2Facts, SenderFacts
@@ -44,6 +45,26 @@ def _entry_matches(entry: str, sender: SenderFacts) -> bool:
     if entry.startswith("@") and "@" in entry[1:]:
         return entry[1:].lower() in sender.member_of
     return entry == sender.address
+
+
+def is_banned(sender: str, bans: Iterable[tuple[str | None, str]]) -> bool:
+    """Mailman 3 ``model/bans.py``: exact list, exact global, list patterns, global patterns.
+
+    ``bans`` are (list or None for global, entry).  Exact entries are compared to the
+    (lowercased) sender as stored, so a mixed-case exact entry never matches; ``^``
+    patterns match case-insensitively.  A bad pattern is skipped, as Mailman skips it.
+    """
+    bans = list(bans)
+    if any(entry == sender for _lst, entry in bans if not entry.startswith("^")):
+        return True
+    for _lst, entry in sorted(bans, key=lambda b: b[0] is None):  # list ones first
+        if entry.startswith("^"):
+            try:
+                if re.match(entry, sender, re.IGNORECASE):
+                    return True
+            except re.error:
+                continue
+    return False
 
 
 def mailman3_verdict(facts: ListFacts) -> ListVerdict:

@@ -6,13 +6,14 @@ the SQLite store uses:
 
 * the list's config (``GET /lists/{id}/config``): default actions, emergency and
   the four ``*_these_nonmembers`` lists;
+* the list's and the site's bans (``GET /lists/{id}/bans``, ``GET /bans``), judged
+  with Mailman's own rules (exact, then ``^`` patterns case-insensitively), so a new
+  sender costs no ban request;
 * per sender, only as far as the verdict needs it, in the order Mailman applies the
-  rules: the ban check (``GET /lists/{id}/bans/{email}``, which runs Mailman's full
-  exact + pattern, list + global check), then membership
-  (``GET /lists/{id}/member/{email}``, and when that misses, the addresses of the
-  sender's user: ``GET /users/{email}/addresses``), then, when nobody is a member,
-  the nonmember record's moderation_action (``GET /lists/{id}/nonmember/{email}``)
-  and ``@list@domain`` memberships.
+  rules: its member and nonmember records in one request
+  (``GET /members/find?list_id=&subscriber=``), and when it is not a member, the
+  other addresses of the sender's user (``GET /users/{email}/addresses``); then,
+  when nobody is a member, ``@list@domain`` memberships.
 
 Every GET answer is cached (``cache_ttl``, 404s for ``negative_cache_ttl``) in a
 bounded, thread-safe cache, so a warm verdict costs no request at all.  One
@@ -37,6 +38,7 @@ from urllib.parse import quote
 from listgate.cache import TTLCache
 from listgate.config import Config, ConfigError
 from listgate.model import Backend, BackendError, ListFacts, ListPolicy, SenderFacts
+from listgate.verdict import is_banned
 
 log = logging.getLogger("listgate")
 
@@ -168,9 +170,15 @@ class Mailman3Backend(Backend):
             raise BackendError(f"mailman3 {self.url}: no list {list_address}")
         return list_id
 
-    def _member(self, list_id: str, email: str) -> dict[str, Any] | None:
-        status, body = self._get(f"/lists/{list_id}/member/{quote(email, safe='@')}")
-        return body if status == 200 else None
+    def _records(self, list_id: str, email: str) -> dict[str, dict[str, Any]]:
+        """The sender's member and nonmember records on the list, by role, in ONE request
+        (``members/find`` matches the address, or a user whose preferred address it is,
+        as Mailman's roster lookup does)."""
+        q = f"/members/find?list_id={quote(list_id)}&subscriber={quote(email, safe='@')}"
+        status, body = self._get(q)
+        if status != 200:
+            return {}
+        return {e.get("role", ""): e for e in body.get("entries", [])}
 
     def _user_member(self, list_id: str, email: str) -> dict[str, Any] | None:
         """Mailman's second step: a member through another address of the sender's user."""
@@ -180,10 +188,18 @@ class Mailman3Backend(Backend):
         for a in body.get("entries", []):
             other = a.get("email", "").lower()
             if other and other != email:
-                member = self._member(list_id, other)
+                member = self._records(list_id, other).get("member")
                 if member is not None:
                     return member
         return None
+
+    def _bans(self, list_id: str) -> list[tuple[str | None, str]]:
+        """The list's and the site's bans: two requests per TTL for all senders, instead of
+        one ban check per sender; judged by Mailman's own rules (verdict.is_banned)."""
+        _, mine = self._get(f"/lists/{list_id}/bans")
+        _, site = self._get("/bans")
+        return ([(list_id, b["email"]) for b in (mine or {}).get("entries", [])]
+                + [(None, b["email"]) for b in (site or {}).get("entries", [])])
 
     def list_facts(self, list_address: str, senders: Sequence[str],
                    primary: str = "") -> ListFacts:
@@ -199,21 +215,22 @@ class Mailman3Backend(Backend):
         facts = [SenderFacts(s) for s in senders]
         # the order of Mailman's rules: a ban decides alone, then the first member,
         # then the nonmembers' own actions and the pattern lists
+        bans = self._bans(list_id)
         for i, s in enumerate(senders):
-            status, _ = self._get(f"/lists/{list_id}/bans/{quote(s, safe='@')}")
-            if status == 200:
+            if is_banned(s, bans):
                 facts[i] = SenderFacts(s, banned=True)
                 return ListFacts(policy, tuple(facts))
+        records = {}
         for i, s in enumerate(senders):
-            member = self._member(list_id, s) or self._user_member(list_id, s)
+            records[s] = self._records(list_id, s)
+            member = records[s].get("member") or self._user_member(list_id, s)
             if member is not None:
                 facts[i] = SenderFacts(s, is_member=True,
                                        member_action=member.get("moderation_action"))
                 return ListFacts(policy, tuple(facts))
         referenced = policy.referenced_lists()
         for i, s in enumerate(senders):
-            record = self._get(f"/lists/{list_id}/nonmember/{quote(s, safe='@')}")[1]
-            action = (record or {}).get("moderation_action")
+            action = records[s].get("nonmember", {}).get("moderation_action")
             member_of = frozenset(r for r in referenced if self._is_member_of(r, s))
             facts[i] = SenderFacts(s, nonmember_action=action, member_of=member_of)
             if action is not None:
@@ -221,8 +238,9 @@ class Mailman3Backend(Backend):
         return ListFacts(policy, tuple(facts))
 
     def _is_member_of(self, list_address: str, email: str) -> bool:
+        """``@list@domain``: Mailman 3.3.10 checks the other list's members' addresses."""
         list_id = self._list_index().get(list_address)
-        return list_id is not None and self._member(list_id, email) is not None
+        return list_id is not None and "member" in self._records(list_id, email)
 
     def stats(self) -> str:
         return (f"mailman3 REST cache {self._cache.hits} hits/{self._cache.misses} misses, "
@@ -249,3 +267,48 @@ def create(cfg: Config) -> Mailman3Backend:
         else m3.negative_cache_ttl
     return Mailman3Backend(m3.url, m3.user, read_password(cfg), m3.timeout, ttl, negative,
                            cfg.lists.cache_size)
+
+
+def export(backend: Mailman3Backend) -> dict[str, Any]:
+    """Mailman 3's lists and policies in listgate's export format (``lists import``).
+
+    Members subscribed through a user are exported with all that user's addresses:
+    Mailman treats a post from any of them as the member's (its "sender's user" rule),
+    and the SQLite store has no users, so each address becomes a member row with the
+    member's moderation_action.
+    """
+    _, lists = backend._get("/lists", cache=False)
+    _, addresses = backend._get("/addresses", cache=False)
+    by_user: dict[str, list[str]] = {}
+    for a in (addresses or {}).get("entries", []):
+        if a.get("user"):
+            by_user.setdefault(a["user"], []).append(a["email"].lower())
+    out_lists = []
+    bans = []
+    for entry in (lists or {}).get("entries", []):
+        list_id = entry["list_id"]
+        address = f"{entry['list_name']}@{entry['mail_host']}".lower()
+        _, cfg = backend._get(f"/lists/{list_id}/config", cache=False)
+        item: dict[str, Any] = {"address": address}
+        for key in _POLICY_FIELDS:
+            value = cfg.get(key)
+            item[key] = bool(value) if key == "emergency" else (
+                list(value or []) if key.endswith("_nonmembers") else value)
+        for role, key in (("member", "members"), ("nonmember", "nonmembers")):
+            _, roster = backend._get(f"/lists/{list_id}/roster/{role}", cache=False)
+            rows: dict[str, str | None] = {}
+            for m in (roster or {}).get("entries", []):
+                action = m.get("moderation_action")
+                emails = [m["email"].lower()]
+                if role == "member" and m.get("user"):
+                    emails += by_user.get(m["user"], [])
+                for email in emails:
+                    rows.setdefault(email, action)
+            item[key] = [{"address": a, "moderation_action": act} for a, act in rows.items()]
+        out_lists.append(item)
+        _, list_bans = backend._get(f"/lists/{list_id}/bans", cache=False)
+        bans += [{"list": address, "entry": b["email"]}
+                 for b in (list_bans or {}).get("entries", [])]
+    _, global_bans = backend._get("/bans", cache=False)
+    bans += [{"list": None, "entry": b["email"]} for b in (global_bans or {}).get("entries", [])]
+    return {"version": 1, "lists": out_lists, "bans": bans}

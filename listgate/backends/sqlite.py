@@ -47,6 +47,7 @@ from typing import Any
 
 from listgate import model
 from listgate.config import Config
+from listgate.verdict import is_banned
 
 #: bumped whenever the DDL changes; stored in ``PRAGMA user_version``
 SCHEMA_VERSION = 1
@@ -858,28 +859,9 @@ def _sender_facts(sender: str, records: list[tuple[str, str, str | None]],
         is_member=is_member,
         member_action=member_action,
         nonmember_action=nonmember_action,
-        banned=_is_banned(sender, bans),
+        banned=is_banned(sender, bans),
         member_of=frozenset(lst for lst, address in elsewhere if address == sender),
     )
-
-
-def _is_banned(sender: str, bans: list[tuple[str | None, str]]) -> bool:
-    """Mailman 3 ``model/bans.py``: exact list, exact global, list patterns, global patterns.
-
-    Exact entries are compared to the (lowercased) sender as stored, so a
-    mixed-case exact entry never matches; ``^`` patterns match case-insensitively.
-    A bad pattern is skipped, as Mailman skips it.
-    """
-    if any(entry == sender for _lst, entry in bans if not entry.startswith("^")):
-        return True
-    for _lst, entry in sorted(bans, key=lambda b: b[0] is None):  # list ones first
-        if entry.startswith("^"):
-            try:
-                if re.match(entry, sender, re.IGNORECASE):
-                    return True
-            except re.error:
-                continue
-    return False
 
 
 def create(cfg: Config) -> SqliteBackend:

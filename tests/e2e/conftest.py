@@ -39,6 +39,7 @@ import pytest
 # Make `import infra` work whatever pytest's import mode (tests here do it too).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import infra
+from mm3_fixtures import mailman3, mm3_new_list  # noqa: F401 - fixtures for every e2e test
 
 
 def _missing_requirements() -> list[str]:

@@ -1,0 +1,219 @@
+"""The Mailman 3 backend against a real Mailman 3: through Postfix, failures, costs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import infra
+import pytest
+from lgdaemon import LISTGATE, ListgateDaemon
+from mailman3 import Mailman3
+from test_postfix import delivered, not_delivered, send
+
+from listgate.backends.mailman3 import Mailman3Backend
+from listgate.model import BackendError
+from listgate.verdict import list_verdict
+
+LIST = "dev@mm3.test"
+REJECT_TEXT = ("550 5.7.1 You are not permitted to post to dev@mm3.test. "
+               "Contact dev-owner@mm3.test for help.")
+
+
+def backend(m: Mailman3, **kw) -> Mailman3Backend:
+    return Mailman3Backend(m.rest_url, m.admin_user, m.admin_pass, **kw)
+
+
+def test_postfix_with_mailman3_backend_and_mailman_stopped(dns_factory, smtp_sink,
+                                                           postfix_factory, mailman3_private):
+    m = mailman3_private
+    m.create_list(LIST)
+    m.subscribe(LIST, "member@y.test")
+    dns = dns_factory(txt={"y.test": "v=spf1 ip4:127.0.0.0/8 -all"})
+    d = ListgateDaemon(nameservers=dns.nameservers, config=(
+        "[network]\ninternal_connect = 127.0.0.1/32\n"
+        "[lists]\nbackend = mailman3\ncache_ttl = 0\nnegative_cache_ttl = 0\n"
+        f"[mailman3]\nurl = {m.rest_url}\nuser = {m.admin_user}\n"
+        f"password = {m.admin_pass}\ntimeout = 2\n")).start()
+    try:
+        mta = postfix_factory(milter=d.postfix_milter, relay_domains=["mm3.test"])
+        r, msg = send(mta, frm="member@y.test", mail_from="member@y.test", rcpts=[LIST],
+                      helo="mail.y.test")
+        assert r.data.code == 250, r.steps()
+        assert delivered(smtp_sink, msg).first_header[0] == "Received-SPF"
+        r, msg = send(mta, frm="stranger@y.test", mail_from="stranger@y.test", rcpts=[LIST],
+                      helo="mail.y.test")
+        assert str(r.data) == REJECT_TEXT
+        assert not_delivered(smtp_sink, msg)
+        mark = d.log_size()
+        m.stop()
+        r, msg = send(mta, frm="member@y.test", mail_from="member@y.test", rcpts=[LIST],
+                      helo="mail.y.test")
+        assert str(r.rcpts[0]) == ("451 4.3.0 Temporary failure looking up the recipient "
+                                   "list; try again later")
+        line = d.wait_for_log(r"TEMPFAIL: rcpt to <dev@mm3\.test>: backend error: "
+                              r"mailman3 http://127\.0\.0\.1:\d+/3\.1/lists: "
+                              r"connection refused", since=mark)
+        assert line
+        assert "Traceback" not in d.log_text()
+    finally:
+        assert d.stop() == 0
+        shutil.rmtree(d.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def mailman3_private():
+    """A Mailman of its own, for tests that stop it."""
+    from mm3_fixtures import install_mailman3
+
+    install_mailman3()
+    m = Mailman3().start()
+    yield m
+    m.stop()
+
+
+def test_bad_credentials(mailman3):
+    b = Mailman3Backend(mailman3.rest_url, mailman3.admin_user, "wrong")
+    with pytest.raises(BackendError, match=r"mailman3 http://127\.0\.0\.1:\d+/3\.1/lists: "
+                                           r"bad credentials \(401\)"):
+        b.find_list("dev@mm3.test")
+
+
+def test_rest_slower_than_timeout():
+    """A server that accepts and never answers: a BackendError after ``timeout``."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    conns = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        b = Mailman3Backend(f"http://127.0.0.1:{port}/3.1", "u", "p", timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(BackendError, match=rf"mailman3 http://127\.0\.0\.1:{port}/3\.1/"
+                                               r"lists: .*timed out"):
+            b.find_list("dev@mm3.test")
+        assert time.monotonic() - start < 3
+    finally:
+        stop.set()
+        t.join()
+        for c in conns:
+            c.close()
+        srv.close()
+
+
+def test_world_readable_password_file_refused(tmp_path):
+    pw = tmp_path / "rest.pass"
+    pw.write_text("restpass\n")
+    os.chmod(pw, 0o644)
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(f"[milter]\nsocket = unix:{tmp_path}/s\n[lists]\nbackend = mailman3\n"
+                   f"[mailman3]\npassword_file = {pw}\n")
+    r = subprocess.run([*LISTGATE, "serve", "-c", str(cfg)], capture_output=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == (
+        f"listgate: config error: {cfg}: [mailman3] password_file: {pw} is readable by "
+        "everyone (mode 644); chmod o-r it")
+    assert not (tmp_path / "s").exists()
+
+
+def test_password_file_and_new_list_without_restart(mailman3, tmp_path):
+    m = mailman3
+    pw = tmp_path / "rest.pass"
+    pw.write_text(m.admin_pass + "\n")
+    os.chmod(pw, 0o640)
+    from listgate import config
+    from listgate.backends import mailman3 as mm3
+
+    cfg = config.parse(f"[lists]\nbackend = mailman3\ncache_ttl = 1\n[mailman3]\n"
+                       f"url = {m.rest_url}\nuser = {m.admin_user}\npassword_file = {pw}\n")
+    b = mm3.create(cfg)
+    assert b.find_list("fresh@mm3new.test") is None
+    m.create_list("fresh@mm3new.test")
+    time.sleep(1.1)
+    assert b.find_list("Fresh@MM3NEW.test") == "fresh@mm3new.test"
+
+
+def test_alias_domain_is_a_posting_address(mailman3):
+    m = mailman3
+    m.create_list("ali@mm3main.test")
+    status, _ = m.rest("PATCH", "/domains/mm3main.test", {"alias_domain": "mm3alias.test"})
+    assert status in (200, 204), status
+    assert backend(m).find_list("ali@mm3alias.test") == "ali@mm3main.test"
+
+
+def test_requests_per_verdict_cold_and_warm(mailman3):
+    """The numbers the README quotes: REST requests per verdict with a cold cache, for
+    a new sender on a list already in the cache (the usual case: spam comes from new
+    addresses), and with a warm cache."""
+    m = mailman3
+    m.create_list("cost@mm3.test")
+    m.subscribe("cost@mm3.test", "member@y.test")
+    cases = {
+        "member (From = envelope)": (("member@y.test",), 4, 1),
+        "member in From, other envelope": (("member@y.test", "bounce@y.test"), 4, 1),
+        "nonmember": (("stranger@y.test",), 5, 2),
+        "nonmember, From + envelope + Reply-To": (("s1@y.test", "s2@y.test", "s3@y.test"),
+                                                  9, 6),
+    }
+    rows = []
+    for name, (senders, want_cold, want_new) in cases.items():
+        b = backend(m)
+        b.find_list("cost@mm3.test")
+        before = b.requests
+        v1 = list_verdict(b.list_facts("cost@mm3.test", senders))
+        cold = b.requests - before
+        v2 = list_verdict(b.list_facts("cost@mm3.test", senders))
+        assert v1 == v2
+        assert b.requests - before - cold == 0, "a warm verdict makes no request"
+        # senders never seen, on a list whose config and bans are cached
+        b = backend(m)
+        b.find_list("cost@mm3.test")
+        b._get("/lists/cost.mm3.test/config")
+        b._bans("cost.mm3.test")
+        before = b.requests
+        list_verdict(b.list_facts("cost@mm3.test", senders))
+        new = b.requests - before
+        rows.append((name, cold, new, v1.action))
+        assert (cold, new) == (want_cold, want_new), (name, cold, new)
+    print("\n" + "\n".join(f"{n:40} cold={c}, new sender on a warm list={w}, warm=0 ({a})"
+                            for n, c, w, a in rows))
+
+
+def test_one_pool_shared_by_threads(mailman3):
+    m = mailman3
+    m.create_list("threads@mm3.test")
+    m.subscribe("threads@mm3.test", "member@y.test")
+    b = backend(m, cache_ttl=0, negative_cache_ttl=0)
+    errors: list[Exception] = []
+
+    def work() -> None:
+        try:
+            for _ in range(10):
+                facts = b.list_facts("threads@mm3.test", ("member@y.test",))
+                assert list_verdict(facts).action == "accept"
+        except Exception as e:  # noqa: BLE001 - collected and asserted
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert infra  # the e2e conftest checks the tools these tests need
