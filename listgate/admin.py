@@ -236,8 +236,18 @@ def cmd_lists_show(args: argparse.Namespace, store: SqliteStore) -> int:
 
 
 def cmd_lists_ls(args: argparse.Namespace, store: SqliteStore) -> int:
-    """Print every posting address, one per line."""
-    for address in store.list_lists():
+    """Print every posting address of the configured backend, one per line."""
+    if args.cfg.lists.backend == "sqlite":
+        addresses = store.list_lists()
+    else:  # what the daemon sees: Mailman's own lists
+        from listgate.backends import open_backend
+
+        backend = open_backend(args.cfg)
+        try:
+            addresses = backend.lists()
+        finally:
+            backend.close()
+    for address in addresses:
         print(address)
     return 0
 

@@ -119,6 +119,10 @@ class Backend(abc.ABC):
         """Cache statistics of a backend that caches itself."""
         return ""
 
+    @abc.abstractmethod
+    def lists(self) -> list[str]:
+        """Every posting address the backend knows (``listgate lists ls``), sorted."""
+
     def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing
         """Release connections; the backend may be used again afterwards."""
 

@@ -447,6 +447,14 @@ class Mailman2Backend(model.Backend):
 
     # -- the Backend interface
 
+    def lists(self) -> list[str]:
+        """name@host_name of every readable list (the ``domains`` forms are extra)."""
+        index = self._current_index()
+        with self._lock:
+            return sorted(f"{name.lower()}@{data.host_name}"
+                          for name, (_ident, data) in self._lists.items()
+                          if name in index.addresses.values() and data.host_name)
+
     def find_list(self, address: str) -> str | None:
         addr = address.lower()
         index = self._current_index()

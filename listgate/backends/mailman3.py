@@ -154,6 +154,10 @@ class Mailman3Backend(Backend):
             self._index, self._index_expires = index, now + self.ttl
         return index
 
+    def lists(self) -> list[str]:
+        index = self._list_index()
+        return sorted({self.find_list(a) or a for a in index})
+
     def find_list(self, address: str) -> str | None:
         list_id = self._list_index().get(address.lower())
         if list_id is None:

@@ -796,6 +796,10 @@ class SqliteBackend(model.Backend):
 
     # -- the Backend interface
 
+    def lists(self) -> list[str]:
+        with self._read() as conn:
+            return [r[0] for r in conn.execute("SELECT address FROM lists ORDER BY address")]
+
     def find_list(self, address: str) -> str | None:
         with self._read() as conn:
             row = conn.execute(

@@ -217,3 +217,41 @@ def test_one_pool_shared_by_threads(mailman3):
         t.join()
     assert not errors, errors
     assert infra  # the e2e conftest checks the tools these tests need
+
+
+def test_lists_ls_and_check_use_mailman3(mailman3, tmp_path):
+    m = mailman3
+    m.create_list("shown@mm3ls.test")
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(f"[lists]\nbackend = mailman3\n[mailman3]\nurl = {m.rest_url}\n"
+                   f"user = {m.admin_user}\npassword = {m.admin_pass}\n"
+                   f"[sqlite]\npath = {tmp_path}/unused.db\n")
+    r = subprocess.run([*LISTGATE, "-c", str(cfg), "lists", "ls"], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "shown@mm3ls.test" in r.stdout.decode().split()
+
+
+def test_rest_server_error_is_a_backend_error(tmp_path):
+    """A 5xx (here from a real HTTP server standing in for a broken Mailman)."""
+    import http.server
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        port = srv.server_address[1]
+        b = Mailman3Backend(f"http://127.0.0.1:{port}/3.1", "u", "p")
+        with pytest.raises(BackendError, match=rf"^mailman3 http://127\.0\.0\.1:{port}/3\.1/"
+                                               r"lists: HTTP 500$"):
+            b.find_list("dev@mm3.test")
+    finally:
+        srv.shutdown()

@@ -28,6 +28,9 @@ class DictBackend(Backend):
         self.broken = False
         self.calls = 0
 
+    def lists(self) -> list[str]:
+        return sorted(self.policies)
+
     def find_list(self, address: str) -> str | None:
         if self.broken:
             raise BackendError("sqlite /nope: unable to open database file")

@@ -85,3 +85,13 @@ def test_import_from_a_missing_dir_fails_clearly(tmp_path: Path,
 
 def test_config_parses() -> None:
     config.parse("[lists]\nbackend = mailman2\n")
+
+
+def test_lists_ls_shows_the_mailman2_lists(mm2: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(f"[lists]\nbackend = mailman2\n[mailman2]\nlists_dir = {mm2}\n"
+                   f"[sqlite]\npath = {tmp_path}/unused.db\n")
+    assert run("-c", str(cfg), "lists", "ls") == 0
+    assert capsys.readouterr().out.split() == [
+        "dev@lists.test", "friends@lists.test", "open@lists.test"]
