@@ -208,7 +208,9 @@ class Mailman3Backend(Backend):
     def list_facts(self, list_address: str, senders: Sequence[str],
                    primary: str = "") -> ListFacts:
         list_id = self._list_id(list_address)
-        _, cfg = self._get(f"/lists/{list_id}/config")
+        status, cfg = self._get(f"/lists/{list_id}/config")
+        if status != 200:  # deleted since the list index was read
+            raise BackendError(f"mailman3 {self.url}: no list {list_address} (deleted?)")
         policy = ListPolicy(
             address=list_address.lower(),
             default_member_action=cfg.get("default_member_action", "defer"),
