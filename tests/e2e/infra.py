@@ -732,15 +732,21 @@ class SmtpSink(_Server):
     def _complete_files(self) -> list[Path]:
         if self.directory is None:
             return []
+        # list the directory BEFORE looking at smtp-sink's open files: a file created
+        # in between would otherwise look complete while it is still empty
+        present = [p for p in self.directory.iterdir() if p.is_file()]
         open_now = self._open_files()
         files = []
-        for p in self.directory.iterdir():
-            if p.name in open_now or not p.is_file():
+        for p in present:
+            if p.name in open_now:
                 continue
             try:
-                files.append((p.stat().st_mtime_ns, p.name, p))
+                st = p.stat()
             except FileNotFoundError:
                 continue
+            if st.st_size == 0:
+                continue  # not written yet (or an aborted transaction)
+            files.append((st.st_mtime_ns, p.name, p))
         return [p for _m, _n, p in sorted(files)]
 
     def messages(self) -> list[SinkMessage]:
