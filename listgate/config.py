@@ -162,6 +162,21 @@ def _url(raw: str) -> str:
     return v
 
 
+def _lists_or_domains(raw: str) -> tuple[str, ...]:
+    """List posting addresses and/or domains (``board@example.org, mlin.example.org``)."""
+    out = []
+    for word in _words(raw):
+        w = word.lower().rstrip(".")
+        if "@" in w:
+            local, _, domain = w.partition("@")
+            if not local or not _domains(domain):
+                raise ValueError(f"{word!r} is not a list address")
+        else:
+            _domains(w)
+        out.append(w)
+    return tuple(out)
+
+
 def _reject_message(raw: str) -> str:
     v = raw.strip()
     try:
@@ -198,6 +213,12 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "internal_domains": Opt("", _domains),
         "reject_foreign_internal": Opt("no", parse_bool),
         "hello_blacklist": Opt("", _domains),
+        "organisation": Opt("", _str),
+    },
+    "trust": {
+        "submission_servers": Opt("", _networks),
+        "relay_servers": Opt("", _networks),
+        "trusted_path_action": Opt("accept", _choice(*HOLD_ACTIONS)),
     },
     "dns": {
         "nameservers": Opt("", _nameservers),
@@ -223,6 +244,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "cache_ttl": Opt("60", _seconds),
         "negative_cache_ttl": Opt("60", _seconds),
         "cache_size": Opt("10000", _int),
+        "internal_only": Opt("", _lists_or_domains),
     },
     "mailman3": {
         "url": Opt("http://127.0.0.1:8001/3.1", _url),

@@ -75,6 +75,9 @@ class Rcpt:
     list: str | None = None
     status: str = "accepted"  #: accepted, deferred (4xx) or rejected (5xx)
     reply: Reply | None = None
+    #: an internal-only list posted to by a relay/submission server: the Received
+    #: chain must show a trusted submission path at end of message
+    needs_trusted_path: bool = False
 
 
 @dataclass
@@ -182,6 +185,23 @@ class Engine:
         self.spf_actions = cfg.section("spf")
         self.one_list = cfg.lists.one_list_per_transaction
         self.fail_open = cfg.lists.on_backend_error == "accept"
+        self.internal_only = frozenset(cfg.lists.internal_only)
+        self.submission_nets = cfg.trust.submission_servers
+        self.relay_nets = cfg.trust.relay_servers
+        #: clients whose posts may come over a trusted submission path
+        self.path_nets = self.submission_nets + self.relay_nets
+
+    def is_internal_only(self, list_address: str) -> bool:
+        """``[lists] internal_only`` names the list or its domain."""
+        return bool(self.internal_only) and (
+            list_address in self.internal_only
+            or addresses.domain_of(list_address) in self.internal_only)
+
+    def internal_only_reply(self, list_address: str) -> Reply:
+        org = self.cfg.network.organisation or addresses.domain_of(list_address)
+        return Reply("550", "5.7.1",
+                     f"{clean(list_address, 100)} accepts posts from inside {clean(org, 100)} "
+                     "only")
 
     def session(self, conn_id: str) -> Session:
         return Session(self, conn_id)
@@ -385,6 +405,21 @@ class Session:
             rc.list = self.engine.lookups.find_list(addr)
         except BackendError as e:
             return self._rcpt_backend_error(rc, e)
+        if rc.list and not self.internal and self.engine.is_internal_only(rc.list):
+            if not self.engine.in_nets(self.ip, self.engine.path_nets):
+                # no Received chain can make this client's post an inside one: refuse
+                # now, before DATA, for the price of one lookup
+                rc.reply = self.engine.internal_only_reply(rc.list)
+                decision = Decision(REJECT, rc.reply, (
+                    f"list={rc.list} accepts posts from INTERNAL clients or trusted "
+                    f"submission paths only; client {self.ip} is EXTERNAL",))
+                if self.engine.observe:
+                    return self._refuse("rcpt", decision)
+                rc.status = "rejected"
+                self.log("REJECT: rcpt to <%s> %s (%s)", clean(addr, 255),
+                         decision.reasons[0], rc.reply)
+                return decision
+            rc.needs_trusted_path = True
         accepted = [r for r in self.rcpts[:-1] if r.status == "accepted"]
         if self.engine.one_list and not self.engine.observe and accepted and (
                 rc.list or any(r.list for r in accepted)):

@@ -355,3 +355,31 @@ def test_observe_mode_never_refuses_and_reports() -> None:
     engine, _, _ = make("[milter]\nmode = observe\n")
     r = post(external(engine), "m@x.org")
     assert r.add_headers[-1][1].startswith("accept; list=dev@lists.test verdict=accept")
+
+
+# -- internal-only lists ------------------------------------------------------------------
+
+def test_internal_only_list_refused_at_rcpt_for_external_clients() -> None:
+    engine, _, _ = make(f"organisation = Example Corp\n[lists]\ninternal_only = {LIST}\n")
+    s = external(engine)
+    s.mail("a@x.org")
+    d = s.rcpt(LIST)
+    assert d.action == REJECT
+    assert str(d.reply) == "550 5.7.1 dev@lists.test accepts posts from inside Example Corp only"
+    assert s.rcpts[0].status == "rejected"
+    assert s.rcpt(OTHER).action == CONTINUE, "other lists are not internal-only"
+    i = engine.session("2")
+    i.connect("gw", "10.0.0.1")
+    i.mail("a@x.org")
+    assert i.rcpt(LIST).action == CONTINUE
+    a = external(engine)
+    a.mail("a@x.org", auth_user="alice")
+    assert a.rcpt(LIST).action == CONTINUE, "SMTP AUTH counts as internal"
+
+
+def test_internal_only_by_domain_and_default_org() -> None:
+    engine, _, _ = make("[lists]\ninternal_only = lists.test\n")
+    s = external(engine)
+    s.mail("a@x.org")
+    assert str(s.rcpt(OTHER).reply) == ("550 5.7.1 ops@lists.test accepts posts from inside "
+                                        "lists.test only")
