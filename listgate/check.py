@@ -112,7 +112,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from listgate.engine import normalize_ip
+    from listgate.received import normalize_ip
 
     try:
         ip = normalize_ip(args.client_ip)

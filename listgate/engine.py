@@ -24,6 +24,7 @@ from listgate import addresses
 from listgate.cache import TTLCache
 from listgate.config import Config
 from listgate.model import Backend, BackendError, owner_of
+from listgate.received import TrustResult, in_nets, normalize_ip, trusted_path
 from listgate.reply import Reply, clean, header_value
 from listgate.spfcheck import SpfChecker, SpfResult
 from listgate.verdict import MEMBER, ListVerdict, list_verdict
@@ -38,6 +39,7 @@ COLLECTED = frozenset({"from", "sender", "reply-to", "received", "message-id", "
 MAX_VALUES_PER_HEADER = 100
 MAX_VALUE_CHARS = 65536
 VERDICT_HEADER = "X-Listgate-Verdict"
+TRUSTED_HEADER = "X-Listgate-Trusted"
 OWN_HEADER_PREFIX = "x-listgate-"
 
 _SPF_REPLIES = {
@@ -95,14 +97,6 @@ class EomResult:
 
 def _is_loopback(ip: str | None) -> bool:
     return ip is not None and ipaddress.ip_address(ip).is_loopback
-
-
-def normalize_ip(ip: str) -> str:
-    """A canonical IP string; IPv4-mapped IPv6 (``::ffff:192.0.2.1``) becomes IPv4."""
-    addr = ipaddress.ip_address(ip.strip().strip("[]").removeprefix("IPv6:"))
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return str(addr)
 
 
 def is_ip_literal(name: str) -> bool:
@@ -207,10 +201,7 @@ class Engine:
         return Session(self, conn_id)
 
     def in_nets(self, ip: str | None, nets: Sequence[Any]) -> bool:
-        if ip is None:
-            return False
-        addr = ipaddress.ip_address(ip)
-        return any(addr.version == n.version and addr in n for n in nets)
+        return ip is not None and in_nets(ip, nets)
 
 
 class Session:
@@ -243,6 +234,7 @@ class Session:
         self._own_counts: dict[str, int] = {}
         #: in observe mode: the first refusal enforce mode would have given
         self.observed: tuple[str, Decision] | None = None
+        self._trust: TrustResult | None = None
 
     def log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
         """One log line: ``[conn] QID: msg`` (the queue id once the MTA has one)."""
@@ -466,8 +458,8 @@ class Session:
         # remove forged copies of our own headers, last occurrence first so indexes hold
         result.remove_headers = sorted(self.own_headers, key=lambda h: -h[1])
         lists = [r.list for r in self.rcpts if r.list and r.status == "accepted"]
-        decision = OK
-        if lists:
+        decision = self._internal_only_check()
+        if lists and not decision.refuses:
             decision, result.list_address, result.list_verdict = self._list_decision(lists)
         if decision.refuses and not self.engine.observe:
             result.decision = decision
@@ -481,6 +473,9 @@ class Session:
             self.log("ACCEPT: %s", "; ".join(decision.reasons) or "no list recipient")
         if self.spf is not None:
             result.add_headers.append(("Received-SPF", header_value(self.spf.header), 0))
+        trust = self._trust
+        if trust is not None and trust.trusted:
+            result.add_headers.append((TRUSTED_HEADER, f"submission={trust.submission_ip}", -1))
         if self.engine.observe:
             if self.observed:
                 stage, d = self.observed
@@ -491,6 +486,16 @@ class Session:
         result.decision = Decision(CONTINUE, None, decision.reasons)
         return result
 
+    def trust(self) -> TrustResult | None:
+        """The trusted-submission-path verdict for this message (computed once, at end of
+        message, and only when [trust] servers are configured)."""
+        eng = self.engine
+        if self._trust is None and eng.submission_nets and not self.internal:
+            self._trust = trusted_path(self.headers.get("received", ()), self.ip,
+                                       eng.submission_nets, eng.relay_nets)
+            self.log("trust: %s", self._trust.reason)
+        return self._trust
+
     def senders(self) -> tuple[str, ...]:
         """The message's senders in Mailman's order, without repeats."""
         return addresses.unique(addresses.senders(self.headers, self.mail_from or ""))
@@ -498,6 +503,21 @@ class Session:
     def primary_sender(self) -> str:
         """Mailman 2's single sender (From, else Sender, else envelope)."""
         return addresses.mailman2_sender(self.headers, self.mail_from or "")
+
+    def _internal_only_check(self) -> Decision:
+        """An internal-only list post from a relay or submission server must have come
+        over a trusted submission path (the client itself could not be inside)."""
+        for r in self.rcpts:
+            if r.needs_trusted_path and r.status == "accepted":
+                trust = self.trust()
+                if trust is None or not trust.trusted:
+                    why = trust.reason if trust else "no [trust] submission_servers"
+                    d = Decision(REJECT, self.engine.internal_only_reply(r.list or ""),
+                                 (f"list={r.list} internal-only, path not trusted: {why}",))
+                    if not self.engine.observe:
+                        self.log("REJECT: %s (%s)", d.reasons[0], d.reply)
+                    return d
+        return OK
 
     def _list_decision(self, lists: list[str]) -> tuple[Decision, str | None, ListVerdict | None]:
         """The combined answer for all list recipients: any refusal refuses the message,
@@ -532,6 +552,12 @@ class Session:
         summary = clean(f"list={list_address} verdict={verdict.action}{kind} rule={verdict.rule} "
                         f"senders={','.join(senders) or '-'}: " + "; ".join(verdict.reasons), 600)
         d = self._map_verdict(list_address, verdict, senders)
+        trust = self.trust() if d.refuses else None
+        if trust is not None and trust.trusted:
+            action = eng.cfg.trust.trusted_path_action
+            summary += f"; trusted path via {trust.submission_ip}: trusted_path_action {action}"
+            d = (OK if action == ACCEPT
+                 else _awaits_moderation(list_address) if action == TEMPFAIL else d)
         if d.refuses and not eng.observe:
             self.log("%s: %s (%s)", "REJECT" if d.action == REJECT else "TEMPFAIL", summary,
                      d.reply)
@@ -546,9 +572,7 @@ class Session:
             key = "member_hold_action" if verdict.hold_kind == MEMBER else "nonmember_hold_action"
             action = cfg.for_list(list_address, key)
             if action == TEMPFAIL:
-                return Decision(TEMPFAIL, Reply(
-                    "451", "4.7.1", f"Your post to {clean(list_address)} awaits moderation; "
-                                    "try again later"))
+                return _awaits_moderation(list_address)
         if action == ACCEPT:
             return OK
         values = {"list": clean(list_address, 100),
@@ -557,3 +581,8 @@ class Session:
         text = cfg.for_list(list_address, "reject_message") % values
         return Decision(REJECT, Reply("550", "5.7.1", text))
 
+
+def _awaits_moderation(list_address: str) -> Decision:
+    """The answer when a hold is configured to tempfail."""
+    return Decision(TEMPFAIL, Reply("451", "4.7.1", f"Your post to {clean(list_address)} "
+                                                    "awaits moderation; try again later"))

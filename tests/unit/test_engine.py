@@ -383,3 +383,76 @@ def test_internal_only_by_domain_and_default_org() -> None:
     s.mail("a@x.org")
     assert str(s.rcpt(OTHER).reply) == ("550 5.7.1 ops@lists.test accepts posts from inside "
                                         "lists.test only")
+
+
+# -- trusted submission path ------------------------------------------------------------------
+
+TRUST = ("[trust]\nsubmission_servers = 198.51.100.5, 2001:db8:5::/48\n"
+         "relay_servers = 192.0.2.1\n")
+SUBMITTED = "from laptop.home (dsl.isp.example [203.0.113.77]) by smtp.x.org (Postfix)"
+FORGED = "from smtp.x.org (smtp.x.org [198.51.100.5]) by evil (Postfix)"
+
+
+def trusted_post(engine: Engine, received: list[str], frm: str = "stranger@y.org",
+                 client: str = "192.0.2.1", rcpt: str = LIST):
+    s = engine.session("1")
+    s.connect("relay.x.org", client)
+    s.helo("relay.x.org")
+    s.mail("bounce@x.org")
+    d = s.rcpt(rcpt)
+    if d.refuses:
+        return s, d
+    for v in received:
+        s.header("Received", v)
+    s.header("From", frm)
+    return s, s.eom()
+
+
+def test_trusted_path_accepts_a_nonmember_and_says_so() -> None:
+    engine, _, _ = make(TRUST)
+    hdr = "from smtp.x.org (smtp.x.org [198.51.100.5]) by relay.x.org (Postfix) with ESMTPS"
+    _s, r = trusted_post(engine, [hdr, SUBMITTED])
+    assert r.decision.action == CONTINUE and r.list_verdict.action == "hold"
+    assert ("X-Listgate-Trusted", "submission=198.51.100.5", -1) in r.add_headers
+    assert "trusted path via 198.51.100.5" in r.decision.reasons[0]
+
+
+@pytest.mark.parametrize(("client", "received"), [
+    ("192.0.2.1", ["from unknown.example (unknown.example [203.0.113.8]) by relay.x.org",
+                   FORGED]),                      # unknown server in the middle
+    ("203.0.113.9", [FORGED]),                    # client is no relay: headers are its own
+    ("192.0.2.1", ["garbage without a from clause", FORGED]),
+])
+def test_untrusted_paths_get_the_normal_verdict(client: str, received: list[str]) -> None:
+    engine, _, _ = make(TRUST)
+    _s, r = trusted_post(engine, received, client=client)
+    assert r.decision.action == REJECT
+    assert all(h[0] != "X-Listgate-Trusted" for h in r.add_headers)
+
+
+def test_trusted_path_action_reject_keeps_the_verdict() -> None:
+    engine, _, _ = make(TRUST + "trusted_path_action = reject\n")
+    hdr = "from smtp.x.org (smtp.x.org [198.51.100.5]) by relay.x.org (Postfix) with ESMTPS"
+    _s, r = trusted_post(engine, [hdr, SUBMITTED])
+    assert r.decision.action == REJECT
+
+
+def test_internal_only_list_from_a_relay_needs_a_trusted_path() -> None:
+    engine, _, _ = make(TRUST + f"[lists]\ninternal_only = {LIST}\n")
+    hdr = "from smtp.x.org (smtp.x.org [198.51.100.5]) by relay.x.org (Postfix) with ESMTPS"
+    _s, r = trusted_post(engine, [hdr, SUBMITTED], frm="m@x.org")
+    assert r.decision.action == CONTINUE
+    _s, r = trusted_post(engine, ["from evil (evil [203.0.113.8]) by relay.x.org"],
+                         frm="m@x.org")
+    assert str(r.decision.reply) == ("550 5.7.1 dev@lists.test accepts posts from inside "
+                                     "lists.test only")
+    assert "path not trusted" in r.decision.reasons[0]
+    # a client that is neither relay nor submission server: refused at RCPT already
+    _s, d = trusted_post(engine, [hdr], client="203.0.113.9")
+    assert d.action == REJECT and "EXTERNAL" in d.reasons[0]
+
+
+def test_client_is_the_submission_server_over_ipv6() -> None:
+    engine, _, _ = make(TRUST)
+    _s, r = trusted_post(engine, [SUBMITTED], client="2001:db8:5::25")
+    assert ("X-Listgate-Trusted", "submission=2001:db8:5::25", -1) in r.add_headers
