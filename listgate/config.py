@@ -232,6 +232,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "none": Opt("accept", _choice(*SPF_ACTIONS)),
         "permerror": Opt("reject", _choice(*SPF_ACTIONS)),
         "temperror": Opt("tempfail", _choice(*SPF_ACTIONS)),
+        "helo_fail": Opt("reject", _choice("reject", "accept")),
         "timeout": Opt("20", _positive_seconds),
     },
     "lists": {

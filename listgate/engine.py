@@ -24,7 +24,13 @@ from listgate import addresses
 from listgate.cache import TTLCache
 from listgate.config import Config
 from listgate.model import Backend, BackendError, owner_of
-from listgate.received import TrustResult, in_nets, normalize_ip, trusted_path
+from listgate.received import (
+    TrustResult,
+    in_nets,
+    normalize_ip,
+    parse_received,
+    trusted_path,
+)
 from listgate.reply import Reply, clean, header_value
 from listgate.spfcheck import SpfChecker, SpfResult
 from listgate.verdict import MEMBER, ListVerdict, list_verdict
@@ -368,13 +374,29 @@ class Session:
         return OK
 
     def _spf(self) -> Decision:
-        """SPF for EXTERNAL, non-TRUSTED clients, mapped through the [spf] actions."""
+        """SPF for EXTERNAL, non-TRUSTED clients, mapped through the [spf] actions.
+
+        With ``[spf] helo_fail = reject`` a non-null sender's HELO name is checked first
+        (as bms.py does): a HELO whose own SPF record fails the client is a forgery
+        whatever MAIL FROM says.  TRUSTED relays are checked at end of message instead,
+        against the client their own Received header records (see :meth:`_relay_spf`).
+        """
         eng = self.engine
         if self.internal or self.trusted or eng.spf is None or self.ip is None:
             return OK
+        if self.mail_from and self.helo_name and eng.cfg.spf.helo_fail == REJECT:
+            helo = eng.spf.check(self.ip, "", self.helo_name)
+            if helo.result == "fail":
+                self.log("SPF fail identity=helo: %s", clean(helo.explanation, 200))
+                return self._refuse("mail", Decision(REJECT, Reply(
+                    "550", "5.7.23", f"SPF fail for HELO {clean(self.helo_name)}: "
+                                     f"{clean(helo.explanation)}"), ("hello SPF fail",)))
         self.spf = eng.spf.check(self.ip, self.mail_from or "", self.helo_name or "")
-        res = self.spf
-        action = eng.spf_actions.get(res.result, "accept")
+        return self._spf_policy("mail", self.spf)
+
+    def _spf_policy(self, stage: str, res: SpfResult) -> Decision:
+        """Map an SPF result through the [spf] actions to the answer (logged)."""
+        action = self.engine.spf_actions.get(res.result, "accept")
         self.log("SPF %s identity=%s: %s", res.result, res.identity, clean(res.explanation, 200))
         if action == ACCEPT:
             return OK
@@ -382,10 +404,26 @@ class Session:
         who = clean(self.mail_from or f"postmaster@{self.helo_name}")
         if action == REJECT:
             reply = Reply(rcode, rx, f"SPF {res.result} for {who}: {clean(res.explanation)}")
-            return self._refuse("mail", Decision(REJECT, reply, (f"SPF {res.result}",)))
+            return self._refuse(stage, Decision(REJECT, reply, (f"SPF {res.result}",)))
         reply = Reply(tcode, tx,
                       f"SPF {res.result} for {who}: {clean(res.explanation)}; try again later")
-        return self._refuse("mail", Decision(TEMPFAIL, reply, (f"SPF {res.result}",)))
+        return self._refuse(stage, Decision(TEMPFAIL, reply, (f"SPF {res.result}",)))
+
+    def _relay_spf(self) -> Decision:
+        """SPF for a TRUSTED relay's post (a secondary MX): the relay itself is not the
+        sender's server, but its own Received header on top records who connected to it,
+        and that client is what SPF must judge."""
+        eng = self.engine
+        if not self.trusted or self.internal or eng.spf is None:
+            return OK
+        received = self.headers.get("received")
+        hop = parse_received(received[0]) if received else None
+        if hop is None:
+            self.log("SPF not checked: TRUSTED relay %s wrote no parsable Received header",
+                     self.ip)
+            return OK
+        self.spf = eng.spf.check(hop.ip, self.mail_from or "", hop.from_name)
+        return self._spf_policy("eom", self.spf)
 
     def rcpt(self, recipient: str) -> Decision:
         """RCPT TO: is it a list post, and may it share this transaction?"""
@@ -458,7 +496,9 @@ class Session:
         # remove forged copies of our own headers, last occurrence first so indexes hold
         result.remove_headers = sorted(self.own_headers, key=lambda h: -h[1])
         lists = [r.list for r in self.rcpts if r.list and r.status == "accepted"]
-        decision = self._internal_only_check()
+        decision = self._relay_spf()
+        if not decision.refuses:
+            decision = self._internal_only_check()
         if lists and not decision.refuses:
             decision, result.list_address, result.list_verdict = self._list_decision(lists)
         if decision.refuses and not self.engine.observe:

@@ -47,21 +47,26 @@ class DictBackend(Backend):
 
 
 class ScriptedSpf:
-    def __init__(self, result: str = "pass") -> None:
+    """``result`` for the MAIL FROM identity, ``helo_result`` for the HELO identity."""
+
+    def __init__(self, result: str = "pass", helo_result: str = "none") -> None:
         self.result = result
+        self.helo_result = helo_result
         self.calls: list[tuple[str, str, str]] = []
 
     def check(self, ip: str, sender: str, helo: str) -> SpfResult:
         self.calls.append((ip, sender, helo))
-        return SpfResult(self.result, "mailfrom" if sender else "helo", "explained %",
-                         f"{self.result.capitalize()} (test) client-ip={ip}")
+        result = self.result if sender else self.helo_result
+        return SpfResult(result, "mailfrom" if sender else "helo", "explained %",
+                         f"{result.capitalize()} (test) client-ip={ip}")
 
 
 def make(cfgtext: str = "", spf: str = "pass", dyn: bool = False,
-         backend: DictBackend | None = None) -> tuple[Engine, DictBackend, ScriptedSpf]:
+         backend: DictBackend | None = None, helo_spf: str = "none",
+         ) -> tuple[Engine, DictBackend, ScriptedSpf]:
     cfg = config.parse("[network]\ninternal_connect = 10.0.0.0/8\n" + cfgtext, "t.cfg")
     b = backend or DictBackend()
-    s = ScriptedSpf(spf)
+    s = ScriptedSpf(spf, helo_spf)
     return Engine(cfg, b, s, lambda host, ip: dyn), b, s  # type: ignore[arg-type]
 
 
@@ -178,7 +183,7 @@ def test_spf_default_policy(result: str, action: str, code: str | None) -> None:
 
 
 def test_spf_policy_configurable_and_null_sender_uses_helo() -> None:
-    engine, _, spf = make("[spf]\nsoftfail = tempfail\nfail = accept\n", spf="softfail")
+    engine, _, spf = make("[spf]\nsoftfail = tempfail\nfail = accept\n", helo_spf="softfail")
     s = external(engine)
     d = s.mail("<>")
     assert d.action == TEMPFAIL and str(d.reply).startswith("451 4.7.1 SPF softfail")
@@ -456,3 +461,26 @@ def test_client_is_the_submission_server_over_ipv6() -> None:
     engine, _, _ = make(TRUST)
     _s, r = trusted_post(engine, [SUBMITTED], client="2001:db8:5::25")
     assert ("X-Listgate-Trusted", "submission=2001:db8:5::25", -1) in r.add_headers
+
+
+@pytest.mark.parametrize(("cfg", "action"), [("", REJECT), ("[spf]\nhelo_fail = accept\n",
+                                                            CONTINUE)])
+def test_helo_spf_fail_for_a_non_null_sender(cfg: str, action: str) -> None:
+    engine, _, spf = make(cfg, helo_spf="fail")
+    d = external(engine).mail("a@x.org")
+    assert d.action == action
+    if action == REJECT:
+        assert str(d.reply).startswith("550 5.7.23 SPF fail for HELO mail.x.org")
+        assert spf.calls == [("192.0.2.1", "", "mail.x.org")]
+
+
+def test_trusted_relay_spf_judges_the_relays_client_at_eom() -> None:
+    engine, _, spf = make("trusted_relay = 192.0.2.0/24\n", spf="fail")
+    s = external(engine)
+    assert s.mail("a@x.org").action == CONTINUE and spf.calls == []
+    s.rcpt("person@x.org")
+    s.header("Received", "from mail.sender.example (mail.sender.example [203.0.113.5]) "
+                         "by backup-mx.x.org (Postfix) with ESMTP id 1")
+    r = s.eom()
+    assert spf.calls == [("203.0.113.5", "a@x.org", "mail.sender.example")]
+    assert r.decision.action == REJECT and str(r.decision.reply).startswith("550 5.7.23")
