@@ -31,5 +31,6 @@ def receiver_name(cfg: Config) -> str:
 def build_engine(cfg: Config, log: logging.Logger | None = None) -> Engine:
     """Everything the decision needs, from the config; raises on a bad backend config."""
     configure_dns(cfg.dns.nameservers, cfg.dns.timeout)
-    spf = SpfChecker(receiver_name(cfg), cfg.spf.timeout, cfg.dns.timeout)
-    return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log)
+    name = receiver_name(cfg)
+    spf = SpfChecker(name, cfg.spf.timeout, cfg.dns.timeout)
+    return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log, host_name=name)

@@ -42,6 +42,13 @@ def parse_header_block(data: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+def message_body(data: bytes) -> bytes:
+    """The body as an MTA hands it to a milter: after the blank line, CRLF line ends."""
+    text = data.replace(b"\r\n", b"\n")
+    _head, sep, body = text.partition(b"\n\n")
+    return body.replace(b"\n", b"\r\n") if sep else b""
+
+
 def _decision(action: str, d: Decision) -> dict[str, Any]:
     return {"action": action, "smtp_reply": str(d.reply) if d.reply else None,
             "reasons": list(d.reasons)}
@@ -54,7 +61,8 @@ def transaction(session: Session, *, client_name: str, client_ip: str | None,
     s = session
     out: dict[str, Any] = {"action": "accept", "smtp_reply": None, "stage": "eom",
                            "client_class": None, "spf": None, "rcpts": [], "list": None,
-                           "list_verdict": None, "reasons": [], "added_headers": []}
+                           "list_verdict": None, "reasons": [], "added_headers": [],
+                           "auth": None}
 
     def finish(extra: dict[str, Any]) -> dict[str, Any]:
         out.update(extra)
@@ -81,14 +89,19 @@ def transaction(session: Session, *, client_name: str, client_ip: str | None,
         return finish({**_decision(first.action, first), "stage": "rcpt"})
     for name, value in parse_header_block(message or b""):
         s.header(name, value)
+    s.body(message_body(message or b""))
     result = s.eom()
+    if s._auth is not None:
+        out["auth"] = s._auth.as_json()
     action = "accept" if result.decision.action == CONTINUE else result.decision.action
     out.update(_decision(action, result.decision))
     out["list"] = result.list_address
     out["list_verdict"] = result.list_verdict.action if result.list_verdict else None
     if action == "accept":
-        # the order the MTA ends up with: index-0 insertions on top, appends at the end
-        out["added_headers"] = [[n, v] for n, v, _i in result.add_headers]
+        # the order the MTA ends up with: each index-0 insertion lands above the ones
+        # before it, appends go to the end
+        tops = [[n, v] for n, v, i in result.add_headers if i == 0]
+        out["added_headers"] = tops[::-1] + [[n, v] for n, v, i in result.add_headers if i]
     return finish({})
 
 

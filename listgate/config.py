@@ -206,6 +206,9 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "log_level": Opt("info", _choice("debug", "info", "warning", "error")),
         "authserv_id": Opt("", _str),
         "tcp_nodelay": Opt("yes", parse_bool),
+        "received_spf": Opt("yes", parse_bool),
+        "authentication_results": Opt("yes", parse_bool),
+        "max_body_bytes": Opt("1048576", _int),
     },
     "network": {
         "internal_connect": Opt("127.0.0.0/8, ::1/128", _networks),
@@ -246,6 +249,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "negative_cache_ttl": Opt("60", _seconds),
         "cache_size": Opt("10000", _int),
         "internal_only": Opt("", _lists_or_domains),
+        "require_authenticated_sender": Opt("no", _choice("no", "yes", "observe")),
     },
     "mailman3": {
         "url": Opt("http://127.0.0.1:8001/3.1", _url),
@@ -267,7 +271,8 @@ SCHEMA: dict[str, dict[str, Opt]] = {
 }
 
 #: keys allowed in ``[list:NAME@DOMAIN]`` sections (they override ``[lists]``)
-LIST_OVERRIDES = ("nonmember_hold_action", "member_hold_action", "reject_message")
+LIST_OVERRIDES = ("nonmember_hold_action", "member_hold_action", "reject_message",
+                  "require_authenticated_sender")
 
 
 class Config:

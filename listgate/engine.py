@@ -17,13 +17,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from listgate import addresses
+from listgate.authn import (
+    AuthFacts,
+    BodyCollector,
+    DkimResult,
+    assemble_message,
+    authentication_results,
+    claims_authserv_id,
+    sender_roles,
+    verify_dkim,
+)
 from listgate.cache import TTLCache
 from listgate.config import Config
-from listgate.model import Backend, BackendError, owner_of
+from listgate.model import Backend, BackendError, ListFacts, owner_of
 from listgate.received import (
     TrustResult,
     in_nets,
@@ -44,6 +54,8 @@ COLLECTED = frozenset({"from", "sender", "reply-to", "received", "message-id", "
 #: us is cut (a cut From could hide the member address Mailman would see).
 MAX_VALUES_PER_HEADER = 100
 MAX_VALUE_CHARS = 65536
+#: headers kept for DKIM (only when some list requires authenticated senders)
+MAX_RAW_HEADERS = 1000
 VERDICT_HEADER = "X-Listgate-Verdict"
 TRUSTED_HEADER = "X-Listgate-Trusted"
 OWN_HEADER_PREFIX = "x-listgate-"
@@ -169,7 +181,7 @@ class Engine:
 
     def __init__(self, cfg: Config, backend: Backend, spf: SpfChecker | None,
                  is_dynip: Callable[[str, str], bool],
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, host_name: str = "localhost") -> None:
         self.cfg = cfg
         self.log = log or logging.getLogger("listgate")
         self.backend = backend
@@ -190,6 +202,20 @@ class Engine:
         self.relay_nets = cfg.trust.relay_servers
         #: clients whose posts may come over a trusted submission path
         self.path_nets = self.submission_nets + self.relay_nets
+        #: the body is read (for DKIM) only if some list requires authenticated senders
+        self.needs_body = any(
+            ov.get("require_authenticated_sender", "no") != "no"
+            for ov in (cfg.section("lists"), *cfg.list_overrides.values()))
+        #: the authserv-id when neither [milter] authserv_id nor the MTA's j is known
+        self.default_authserv_id = host_name
+
+    def auth_mode(self, list_address: str) -> str:
+        """require_authenticated_sender for this list: no, yes or observe."""
+        return self.cfg.for_list(list_address, "require_authenticated_sender")
+
+    def authserv_id(self, mta_name: str | None) -> str:
+        """Our RFC 8601 authserv-id: [milter] authserv_id, else the MTA's name (j)."""
+        return self.cfg.milter.authserv_id or mta_name or self.default_authserv_id
 
     def is_internal_only(self, list_address: str) -> bool:
         """``[lists] internal_only`` names the list or its domain."""
@@ -223,6 +249,7 @@ class Session:
         self.dynamic = False
         self.authenticated = False
         self.helo_name: str | None = None
+        self.authserv_id = engine.authserv_id(None)
         #: a refusal decided at connect/HELO, given at MAIL FROM (delayed reject)
         self.pending: tuple[str, Decision] | None = None
         self.stage = "connect"
@@ -241,6 +268,11 @@ class Session:
         #: in observe mode: the first refusal enforce mode would have given
         self.observed: tuple[str, Decision] | None = None
         self._trust: TrustResult | None = None
+        self._auth: AuthFacts | None = None
+        #: every header, in order, and the body: only when some list requires
+        #: authenticated senders (DKIM needs the whole message)
+        self.raw_headers: list[tuple[str, str]] = []
+        self.body_data = BodyCollector(self.engine.cfg.milter.max_body_bytes)
 
     def log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
         """One log line: ``[conn] QID: msg`` (the queue id once the MTA has one)."""
@@ -274,9 +306,11 @@ class Session:
 
     # -- SMTP stages -------------------------------------------------------------------
 
-    def connect(self, hostname: str, ip: str | None) -> Decision:
-        """Classify the client.  ``ip`` is None for a unix-socket (local) connection."""
+    def connect(self, hostname: str, ip: str | None, mta_name: str | None = None) -> Decision:
+        """Classify the client.  ``ip`` is None for a unix-socket (local) connection;
+        ``mta_name`` is the MTA's own name (macro ``j``), the default authserv-id."""
         eng = self.engine
+        self.authserv_id = eng.authserv_id(mta_name)
         self.hostname = hostname or ""
         try:
             self.ip = normalize_ip(ip) if ip else None
@@ -480,6 +514,8 @@ class Session:
     def header(self, name: str, value: str) -> None:
         """Collect the headers the decision needs, and note our own for removal."""
         lname = name.lower()
+        if self.engine.needs_body and len(self.raw_headers) < MAX_RAW_HEADERS:
+            self.raw_headers.append((name, value[:MAX_VALUE_CHARS]))
         if lname in COLLECTED:
             values = self.headers.setdefault(lname, [])
             if len(values) < MAX_VALUES_PER_HEADER:
@@ -488,6 +524,19 @@ class Session:
             n = self._own_counts.get(lname, 0) + 1
             self._own_counts[lname] = n
             self.own_headers.append((name, n))
+        elif lname == "authentication-results":
+            n = self._own_counts.get(lname, 0) + 1
+            self._own_counts[lname] = n
+            if claims_authserv_id(value, self.authserv_id):
+                # RFC 8601 section 5: only we may speak for our authserv-id
+                self.own_headers.append((name, n))
+                self.log("removing an incoming Authentication-Results header that claims "
+                         "our authserv-id %s", self.authserv_id)
+
+    def body(self, chunk: bytes) -> None:
+        """Body bytes, kept (up to max_body_bytes) only for DKIM verification."""
+        if self.engine.needs_body:
+            self.body_data.add(chunk)
 
     def eom(self) -> EomResult:
         """End of message: the list verdict for each list recipient, and header changes."""
@@ -511,7 +560,15 @@ class Session:
                 self.observed = ("eom", decision)
         else:
             self.log("ACCEPT: %s", "; ".join(decision.reasons) or "no list recipient")
-        if self.spf is not None:
+        cfg = self.engine.cfg.milter
+        if cfg.authentication_results and (self.spf is not None or self._auth is not None):
+            spf = ((self.spf.result, self.mail_from or self.helo_name or "")
+                   if self.spf is not None else None)
+            dkim = self._auth.dkim if self._auth is not None else ()
+            result.add_headers.append(("Authentication-Results", authentication_results(
+                self.authserv_id, spf, dkim,
+                spf_identity=self.spf.identity if self.spf else "mailfrom"), 0))
+        if self.spf is not None and cfg.received_spf:
             result.add_headers.append(("Received-SPF", header_value(self.spf.header), 0))
         trust = self._trust
         if trust is not None and trust.trusted:
@@ -587,7 +644,7 @@ class Session:
             if not eng.observe:
                 self.log("TEMPFAIL: %s (%s)", d.reasons[0], d.reply, level=logging.WARNING)
             return d, list_address, None
-        verdict = list_verdict(facts)
+        verdict = self._authenticated_verdict(list_address, facts)
         kind = f"({verdict.hold_kind})" if verdict.hold_kind else ""
         summary = clean(f"list={list_address} verdict={verdict.action}{kind} rule={verdict.rule} "
                         f"senders={','.join(senders) or '-'}: " + "; ".join(verdict.reasons), 600)
@@ -602,6 +659,46 @@ class Session:
             self.log("%s: %s (%s)", "REJECT" if d.action == REJECT else "TEMPFAIL", summary,
                      d.reply)
         return Decision(d.action, d.reply, (summary,)), list_address, verdict
+
+    def auth_facts(self) -> AuthFacts:
+        """What the MTA verified about the senders (DKIM checked once, on demand)."""
+        if self._auth is None:
+            dkim: list[DkimResult] = []
+            if any(n.lower() == "dkim-signature" for n, _v in self.raw_headers):
+                message = assemble_message(self.raw_headers, self.body_data.data)
+                dkim = verify_dkim(message, truncated_at=self.body_data.truncated_at,
+                                   timeout=self.engine.cfg.dns.timeout)
+                for r in dkim:
+                    self.log("DKIM %s d=%s s=%s: %s", r.result, clean(r.domain),
+                             clean(r.selector), clean(r.reason, 200))
+            trust = self.trust()
+            self._auth = AuthFacts.build(self.mail_from or "", self.spf, dkim,
+                                         internal=self.internal,
+                                         trusted_path=bool(trust and trust.trusted))
+        return self._auth
+
+    def _authenticated_verdict(self, list_address: str, facts: Any) -> ListVerdict:
+        """The list verdict, with require_authenticated_sender applied: a sender address
+        the MTA did not verify counts neither as a member nor for an accepting entry."""
+        verdict = list_verdict(facts)
+        mode = self.engine.auth_mode(list_address)
+        if mode == "no" or not isinstance(facts, ListFacts):
+            return verdict
+        auth = self.auth_facts()
+        roles = sender_roles(self.headers, self.mail_from or "")
+        checked = [(sf, *auth.authenticated(sf.address, roles.get(sf.address)))
+                   for sf in facts.senders]
+        strict = list_verdict(ListFacts(facts.policy, tuple(
+            replace(sf, authenticated=ok) for sf, ok, _why in checked)))
+        unverified = tuple(why for _sf, ok, why in checked if not ok)
+        if (strict.action, strict.hold_kind) == (verdict.action, verdict.hold_kind):
+            return verdict
+        if mode == "observe":
+            self.log("OBSERVE: require_authenticated_sender would make list=%s %s instead of "
+                     "%s: %s", list_address, strict.action, verdict.action,
+                     "; ".join(unverified))
+            return verdict
+        return replace(strict, reasons=strict.reasons + unverified)
 
     def _map_verdict(self, list_address: str, verdict: ListVerdict,
                      senders: tuple[str, ...]) -> Decision:

@@ -1,9 +1,10 @@
 """The thin pymilter layer: SMTP callbacks in, Session calls, milter answers out.
 
 Every decision is made by :mod:`listgate.engine`; this module only translates.  It
-negotiates away every callback listgate does not use (body, data, unknown, eoh,
-abort) and marks the ones that never refuse ``@Milter.noreply`` (connect, HELO --
-their refusals are delayed to MAIL FROM -- and header), so the MTA waits for an
+negotiates away every callback listgate does not use (data, unknown, eoh, abort,
+and the body unless a list requires authenticated senders, which needs DKIM) and
+marks the ones that never refuse ``@Milter.noreply`` (connect, HELO -- their
+refusals are delayed to MAIL FROM -- header and body), so the MTA waits for an
 answer only at MAIL, RCPT and end of message.  No exception escapes into pymilter:
 a bug answers 451 4.3.0 and is logged once with its traceback.
 """
@@ -46,7 +47,7 @@ def _guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except Exception:
                 log.exception("[%s] internal error in %s", self.conn_id, stage)
                 self.failed = True
-                if stage in ("connect", "hello", "header"):
+                if stage in ("connect", "hello", "header", "body"):
                     return Milter.CONTINUE  # no-reply callbacks: refused at the next stage
                 return self._answer(Decision(TEMPFAIL, INTERNAL_ERROR))
 
@@ -72,6 +73,10 @@ class ListgateMilter(Milter.Base):
         rc = super().negotiate(opts)
         if rc == Milter.CONTINUE:
             opts[0] = self._actions = opts[0] & ACTIONS
+            if not self.engine.needs_body:
+                # the body is read only for DKIM, when some list requires authenticated
+                # senders: otherwise the MTA need not send it at all
+                opts[1] = self._protocol = (opts[1] | Milter.P_NOBODY) & ~Milter.P_NR_BODY
         return rc
 
     def __init__(self) -> None:
@@ -94,7 +99,7 @@ class ListgateMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         ip = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) else None
         self.session = self.engine.session(self.conn_id)
-        self.session.connect(hostname, ip)
+        self.session.connect(hostname, ip, self.getsymval("j"))
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -122,6 +127,13 @@ class ListgateMilter(Milter.Base):
     def header(self, name: str, value: str) -> int:
         if self.session is not None:
             self.session.header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guarded("body")
+    def body(self, chunk: bytes) -> int:
+        if self.session is not None:
+            self.session.body(chunk)
         return Milter.CONTINUE
 
     @_guarded("eom")

@@ -78,6 +78,10 @@ class SenderFacts:
     banned: bool = False
     #: other lists (from ``@list@domain`` accept entries) this address is a member of
     member_of: frozenset[str] = field(default_factory=frozenset)
+    #: with require_authenticated_sender: False if the MTA did not verify this address
+    #: (SPF/DKIM/internal/trusted path); it then counts for neither membership nor an
+    #: accepting entry
+    authenticated: bool = True
 
 
 @dataclass(frozen=True)

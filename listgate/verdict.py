@@ -84,8 +84,9 @@ def mailman3_verdict(facts: ListFacts) -> ListVerdict:
         return ListVerdict("hold", MEMBER, rule="emergency",
                            reasons=(f"{policy.address} is in emergency moderation",))
 
-    # member-moderation: the first sender that is a member decides
-    member = next((s for s in senders if s.is_member), None)
+    # member-moderation: the first sender that is a member decides (an unauthenticated
+    # member address, with require_authenticated_sender, is a nonmember)
+    member = next((s for s in senders if s.is_member and s.authenticated), None)
     if member is not None:
         if member.member_action is None:
             action, source = policy.default_member_action, "default_member_action"
@@ -101,7 +102,8 @@ def mailman3_verdict(facts: ListFacts) -> ListVerdict:
 
     # nonmember-moderation
     for s in senders:
-        if s.nonmember_action is not None:
+        if s.nonmember_action is not None and not (
+                s.nonmember_action == "accept" and not s.authenticated):
             # the first sender with its own action decides; defer makes the rule miss
             return _nonmember(s.nonmember_action, "nonmember-moderation",
                               f"nonmember {s.address}: moderation_action {s.nonmember_action}")
@@ -109,6 +111,8 @@ def mailman3_verdict(facts: ListFacts) -> ListVerdict:
             for entry in getattr(policy, list_key):
                 if list_key != "accept_these_nonmembers" and entry.startswith("@"):
                     continue  # @list references count in the accept list only
+                if list_key == "accept_these_nonmembers" and not s.authenticated:
+                    continue  # an unverified address earns no acceptance
                 if _entry_matches(entry, s):
                     action = list_key.split("_", 1)[0]
                     return _nonmember(action, "nonmember-moderation",

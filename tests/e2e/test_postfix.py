@@ -122,7 +122,9 @@ def test_member_post_delivered_with_received_spf_first(daemon, mta, smtp_sink):
     assert value.startswith("Pass (mx.listgate.test: domain of pass.test designates "
                             "127.0.0.2 as permitted sender)")
     assert "identity=mailfrom" in value
-    assert got.headers[1][0] == "Received", "Received-SPF must sit above Postfix's Received"
+    assert [h[0] for h in got.headers[1:3]] == ["Authentication-Results", "Received"], \
+        "Received-SPF, then Authentication-Results, above Postfix's own Received"
+    assert got.headers[1][1] == "mx.listgate.test; spf=pass smtp.mailfrom=pass.test"
     assert got.message.get_all("X-Listgate-Verdict") is None, "forged header removed"
     assert got.rcpt_to == [LIST]
     log = daemon.wait_for_log(r"ACCEPT: list=dev@lists\.test verdict=accept", since=mark)

@@ -19,7 +19,8 @@ What the wire shows (asserted below):
   ``%`` reaching the SMTP client through Postfix).
 * Header changes at end of message: first one ``SMFIR_CHGHEADER`` with an empty value
   per forged ``X-Listgate-*`` header (index = 1-based occurrence of that name, highest
-  first), then ``SMFIR_INSHEADER`` of ``Received-SPF`` at index 0, then the answer.
+  first), then ``SMFIR_INSHEADER`` of ``Authentication-Results`` and ``Received-SPF``
+  at index 0 (the latter ends up on top), then the answer.
 """
 
 from __future__ import annotations
@@ -190,10 +191,18 @@ class Mta:
 
 
 def received_spf(result: list[tuple]) -> str:
-    """The value of the one Received-SPF insert of an end-of-message answer."""
+    """The value of the Received-SPF insert of an end-of-message answer: the LAST
+    insertion at index 0 (after Authentication-Results), so it ends up on top."""
     ins = [args for cmd, args in result if cmd == C.SMFIR_INSHEADER]
-    assert len(ins) == 1, result
-    assert ins[0]["index"] == 0 and ins[0]["name"] == "Received-SPF", result
+    assert [i["name"] for i in ins] == ["Authentication-Results", "Received-SPF"], result
+    assert all(i["index"] == 0 for i in ins), result
+    return ins[-1]["value"]
+
+
+def authentication_results(result: list[tuple]) -> str:
+    """The value of the Authentication-Results insert of an end-of-message answer."""
+    ins = [args for cmd, args in result if cmd == C.SMFIR_INSHEADER]
+    assert ins and ins[0]["name"] == "Authentication-Results", result
     return ins[0]["value"]
 
 
@@ -282,6 +291,8 @@ def test_member_post_gets_received_spf_and_forged_header_removed(daemon):
     assert mail == CONTINUE and rcpts == [CONTINUE]
     assert eom == [
         (C.SMFIR_CHGHEADER, {"index": 1, "name": "X-Listgate-Verdict", "value": ""}),
+        (C.SMFIR_INSHEADER, {"index": 0, "name": "Authentication-Results",
+                             "value": "mx.listgate.test; spf=pass smtp.mailfrom=pass.test"}),
         (C.SMFIR_INSHEADER, {"index": 0, "name": "Received-SPF", "value": received_spf(eom)}),
         CONTINUE,
     ], eom
@@ -645,7 +656,7 @@ def test_abort_resets_the_transaction(daemon):
         _, rcpts, eom = m.post(MEMBER, [OTHER], [("From", MEMBER)], qid="QIDAB2")
     assert rcpts == [CONTINUE], "one list per transaction must not carry over an ABORT"
     assert eom[-1] == CONTINUE
-    assert [c for c, _ in eom[:-1]] == [C.SMFIR_INSHEADER], (
+    assert [c for c, _ in eom[:-1]] == [C.SMFIR_INSHEADER, C.SMFIR_INSHEADER], (
         "no header deletion: the forged header belonged to the aborted transaction")
     text = daemon.log_text(mark)
     assert re.search(r"QIDAB2: ACCEPT: list=ops@lists\.test verdict=accept "

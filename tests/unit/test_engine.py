@@ -6,6 +6,7 @@ the protocol and end-to-end tests.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
@@ -254,7 +255,10 @@ def test_member_accepted_with_received_spf_first() -> None:
     engine, _, _ = make()
     r = post(external(engine), "Member <M@X.org>")
     assert r.decision.action == CONTINUE and r.list_verdict.action == "accept"
-    assert r.add_headers == [("Received-SPF", "Pass (test) client-ip=192.0.2.1", 0)]
+    # both inserted at index 0 in this order: Received-SPF ends up as the first header
+    assert r.add_headers == [
+        ("Authentication-Results", "localhost; spf=pass smtp.mailfrom=x.org", 0),
+        ("Received-SPF", "Pass (test) client-ip=192.0.2.1", 0)]
 
 
 def test_nonmember_rejected_with_template_and_sanitised_values() -> None:
@@ -356,7 +360,8 @@ def test_observe_mode_never_refuses_and_reports() -> None:
     assert name == "X-Listgate-Verdict"
     assert value.startswith("reject; stage=helo; numeric hello name")
     # the HELO refusal was only logged: the later checks still ran
-    assert r.add_headers[0][0] == "Received-SPF" and s.spf.result == "fail"
+    assert ("Received-SPF", "Fail (test) client-ip=192.0.2.1", 0) in r.add_headers
+    assert s.spf.result == "fail"
     engine, _, _ = make("[milter]\nmode = observe\n")
     r = post(external(engine), "m@x.org")
     assert r.add_headers[-1][1].startswith("accept; list=dev@lists.test verdict=accept")
@@ -484,3 +489,25 @@ def test_trusted_relay_spf_judges_the_relays_client_at_eom() -> None:
     r = s.eom()
     assert spf.calls == [("203.0.113.5", "a@x.org", "mail.sender.example")]
     assert r.decision.action == REJECT and str(r.decision.reply).startswith("550 5.7.23")
+
+
+@pytest.mark.parametrize(("mode", "action"), [("yes", REJECT), ("observe", CONTINUE),
+                                              ("no", CONTINUE)])
+def test_require_authenticated_sender_modes(mode: str, action: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    engine, _, _ = make(f"[list:{LIST}]\nrequire_authenticated_sender = {mode}\n",
+                        spf="softfail")
+    caplog.set_level(logging.INFO, logger="listgate")
+    engine.log.addHandler(caplog.handler)  # whatever another test did to propagation
+    try:
+        r = post(external(engine), "m@x.org", mail_from="stranger@y.org")
+    finally:
+        engine.log.removeHandler(caplog.handler)
+    assert r.decision.action == action
+    if mode == "yes":
+        assert "From m@x.org not authenticated: SPF softfail, no aligned DKIM" in \
+            r.decision.reasons[0]
+    if mode == "observe":
+        assert "OBSERVE: require_authenticated_sender would make list=dev@lists.test hold " \
+               "instead of accept" in caplog.text
+    assert engine.needs_body is (mode != "no")

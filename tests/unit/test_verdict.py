@@ -107,3 +107,20 @@ def test_verdict(desc: str, f: ListFacts, action: str, kind: str | None, rule: s
     v = mailman3_verdict(f)
     assert (v.action, v.hold_kind, v.rule) == (action, kind, rule), v.reasons
     assert v.reasons, "every verdict carries its reasons"
+
+
+@pytest.mark.parametrize(("desc", "f", "action"), [
+    ("unauthenticated member is a nonmember",
+     facts(S("m@x.org", is_member=True, authenticated=False)), "hold"),
+    ("unauthenticated address earns no accept_these entry",
+     facts(S("n@y.org", authenticated=False), accept_these_nonmembers=("n@y.org",)), "hold"),
+    ("nor a nonmember record's accept",
+     facts(S("n@y.org", nonmember_action="accept", authenticated=False)), "hold"),
+    ("but a reject entry still applies",
+     facts(S("n@y.org", authenticated=False), reject_these_nonmembers=("n@y.org",)), "reject"),
+    ("an authenticated second sender still counts",
+     facts(S("m@x.org", is_member=True, authenticated=False),
+           S("m2@x.org", is_member=True)), "accept"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_require_authenticated_sender(desc: str, f: ListFacts, action: str) -> None:
+    assert mailman3_verdict(f).action == action
