@@ -27,6 +27,7 @@ DNS = {
         "permerror.test": "v=spf1 ip4:127.0.0.2 moo -all",
         "none.test": "just some text",
         "y.test": "v=spf1 ip4:127.0.0.0/8 ip6:::1 -all",
+        "forged-helo.test": "v=spf1 ip4:192.0.2.99 -all",
     },
     "a": {"mail.pass.test": GOOD_IP},
 }
@@ -318,3 +319,12 @@ def test_inet_socket_and_observe_mode(dns, session_postfix_factory, smtp_sink):
     finally:
         assert d.stop() == 0
         shutil.rmtree(d.dir, ignore_errors=True)
+
+
+def test_helo_whose_spf_fails_is_refused(daemon, mta, smtp_sink):
+    r, msg = send(mta, frm=MEMBER, mail_from="bounce@pass.test", rcpts=[LIST],
+                  helo="forged-helo.test")
+    assert str(r.mail) == "550 5.7.23 SPF fail for HELO forged-helo.test: SPF fail - not authorized"
+    out = check(daemon, r, msg, mail_from="bounce@pass.test", rcpts=[LIST],
+                helo="forged-helo.test", source_ip=GOOD_IP)
+    assert out["stage"] == "mail"
