@@ -322,6 +322,7 @@ class _Server:
     _proc: subprocess.Popen | None
     host: str
     port: int | None
+    workdir: Path
 
     def start(self):  # pragma: no cover - defined by the subclasses
         raise NotImplementedError
@@ -332,6 +333,14 @@ class _Server:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def _spawn(self, argv: list[str], name: str) -> Path:
+        """Start the server in its own session, output to ``workdir/NAME.stderr``."""
+        errf = self.workdir / f"{name}.stderr"
+        with open(errf, "wb") as err:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        return errf
 
     def __enter__(self):
         return self.start()
@@ -471,15 +480,7 @@ class DnsServer(_Server):
                 *(["--log-queries"] if self.log_queries else []),
                 *(f"--local=/{z}/" for z in self.zones),
             ]
-            errf = self.workdir / "dnsmasq.stderr"
-            with open(errf, "wb") as err:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            errf = self._spawn(argv, "dnsmasq")
             if self._wait_ready():
                 _register(self)
                 return self
@@ -691,15 +692,7 @@ class SmtpSink(_Server):
                 f"{self.host}:{self.port}",
                 "100",
             ]
-            errf = self.workdir / "smtp-sink.stderr"
-            with open(errf, "wb") as err:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            errf = self._spawn(argv, "smtp-sink")
             if _wait_tcp(self.port, self.startup_timeout, self._proc):
                 _register(self)
                 return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,13 @@ class ListgateDaemon:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError("listgate did not stop within 10 s of SIGTERM") from None
+
+    def close(self) -> None:
+        """Stop (asserting the clean exit SIGTERM promises) and remove the directory."""
+        try:
+            assert self.stop() == 0, "SIGTERM must stop listgate cleanly (exit 0)"
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def log_size(self) -> int:
         try:

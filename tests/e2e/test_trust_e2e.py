@@ -6,8 +6,6 @@ authenticate at (it appears only in the Received chain), 127.0.0.3 a stranger.
 
 from __future__ import annotations
 
-import shutil
-
 import infra
 import pytest
 from test_postfix import DNS, GOOD_IP, LIST, _daemon, delivered, not_delivered
@@ -32,8 +30,7 @@ def daemon(dns_factory):
         f"[lists]\ninternal_only = {INSIDE}\n"))
     d.cli("lists", "create", INSIDE)
     yield d
-    assert d.stop() == 0
-    shutil.rmtree(d.dir, ignore_errors=True)
+    d.close()
 
 
 @pytest.fixture(scope="module")
