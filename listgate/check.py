@@ -91,8 +91,8 @@ def transaction(session: Session, *, client_name: str, client_ip: str | None,
         s.header(name, value)
     s.body(message_body(message or b""))
     result = s.eom()
-    if s._auth is not None:
-        out["auth"] = s._auth.as_json()
+    # after the answer, so that asking cannot change the headers the daemon would add
+    out["auth"] = s.auth_facts().as_json()
     action = "accept" if result.decision.action == CONTINUE else result.decision.action
     out.update(_decision(action, result.decision))
     out["list"] = result.list_address

@@ -33,7 +33,7 @@ from listgate.authn import (
 )
 from listgate.cache import TTLCache
 from listgate.config import Config
-from listgate.model import Backend, BackendError, ListFacts, owner_of
+from listgate.model import Backend, BackendError, ListFacts, Mailman2Facts, owner_of
 from listgate.received import (
     TrustResult,
     in_nets,
@@ -682,14 +682,21 @@ class Session:
         the MTA did not verify counts neither as a member nor for an accepting entry."""
         verdict = list_verdict(facts)
         mode = self.engine.auth_mode(list_address)
-        if mode == "no" or not isinstance(facts, ListFacts):
+        if mode == "no" or not isinstance(facts, ListFacts | Mailman2Facts):
             return verdict
         auth = self.auth_facts()
         roles = sender_roles(self.headers, self.mail_from or "")
         checked = [(sf, *auth.authenticated(sf.address, roles.get(sf.address)))
                    for sf in facts.senders]
-        strict = list_verdict(ListFacts(facts.policy, tuple(
-            replace(sf, authenticated=ok) for sf, ok, _why in checked)))
+        if isinstance(facts, ListFacts):
+            strict_facts: Any = ListFacts(facts.policy, tuple(
+                replace(sf, authenticated=ok) for sf, ok, _why in checked))
+        else:  # Mailman 2: members by every sender, nonmembers by the primary one
+            strict_facts = replace(
+                facts, senders=tuple(sf if ok else replace(sf, member=None)
+                                     for sf, ok, _why in checked),
+                primary_authenticated=auth.authenticated(facts.primary)[0])
+        strict = list_verdict(strict_facts)
         unverified = tuple(why for _sf, ok, why in checked if not ok)
         if (strict.action, strict.hold_kind) == (verdict.action, verdict.hold_kind):
             return verdict

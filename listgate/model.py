@@ -172,3 +172,6 @@ class Mailman2Facts:
     #: internal names of the lists named by ``@name`` entries that ``primary`` is a
     #: member (or digest member) of; unknown lists and this list itself never are
     primary_member_of: frozenset[str] = field(default_factory=frozenset)
+    #: with require_authenticated_sender: False if the MTA did not verify ``primary``
+    #: (then no accept_these_nonmembers entry accepts it)
+    primary_authenticated: bool = True

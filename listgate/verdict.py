@@ -221,6 +221,8 @@ def mailman2_verdict(facts: Mailman2Facts) -> ListVerdict:
     sender = facts.primary
     shown = sender or "<>"
     for list_key in NONMEMBER_LISTS:
+        if list_key == "accept_these_nonmembers" and not facts.primary_authenticated:
+            continue  # an unverified address earns no acceptance
         entry = _mm2_pattern(sender, getattr(facts, list_key), facts)
         if entry is None:
             continue

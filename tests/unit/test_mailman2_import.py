@@ -95,3 +95,29 @@ def test_lists_ls_shows_the_mailman2_lists(mm2: Path, tmp_path: Path,
     assert run("-c", str(cfg), "lists", "ls") == 0
     assert capsys.readouterr().out.split() == [
         "dev@lists.test", "friends@lists.test", "open@lists.test"]
+
+
+def test_require_authenticated_sender_with_mailman2(mm2: Path) -> None:
+    """A forged member From, and a forged accept-listed From, count for nothing."""
+    from listgate.engine import CONTINUE, REJECT, Engine
+    from listgate.spfcheck import SpfResult
+
+    class Softfail:
+        def check(self, ip: str, sender: str, helo: str) -> SpfResult:
+            return SpfResult("softfail" if sender else "none", "mailfrom", "", "x")
+
+    for mode, frm, action in [("no", "m@x.org", CONTINUE), ("yes", "m@x.org", REJECT),
+                              ("no", "friend@y.org", CONTINUE),
+                              ("yes", "friend@y.org", REJECT)]:
+        cfg = config.parse(f"[network]\ninternal_connect = 10.0.0.0/8\n"
+                           f"[lists]\nbackend = mailman2\nrequire_authenticated_sender = {mode}\n"
+                           f"[mailman2]\nlists_dir = {mm2}\n")
+        engine = Engine(cfg, Mailman2Backend(str(mm2)), Softfail(),  # type: ignore[arg-type]
+                        lambda h, i: False)
+        s = engine.session("1")
+        s.connect("mail.y.org", "192.0.2.1")
+        s.helo("mail.y.org")
+        assert s.mail("stranger@y.org").action == CONTINUE
+        assert s.rcpt("dev@lists.test").action == CONTINUE
+        s.header("From", frm)
+        assert s.eom().decision.action == action, (mode, frm)
