@@ -272,7 +272,8 @@ class Session:
         #: every header, in order, and the body: only when some list requires
         #: authenticated senders (DKIM needs the whole message)
         self.raw_headers: list[tuple[str, str]] = []
-        self.body_data = BodyCollector(self.engine.cfg.milter.max_body_bytes)
+        self.body_data = (BodyCollector(self.engine.cfg.milter.max_body_bytes)
+                          if self.engine.needs_body else None)
 
     def log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
         """One log line: ``[conn] QID: msg`` (the queue id once the MTA has one)."""
@@ -535,7 +536,7 @@ class Session:
 
     def body(self, chunk: bytes) -> None:
         """Body bytes, kept (up to max_body_bytes) only for DKIM verification."""
-        if self.engine.needs_body:
+        if self.body_data is not None:
             self.body_data.add(chunk)
 
     def eom(self) -> EomResult:
@@ -664,7 +665,8 @@ class Session:
         """What the MTA verified about the senders (DKIM checked once, on demand)."""
         if self._auth is None:
             dkim: list[DkimResult] = []
-            if any(n.lower() == "dkim-signature" for n, _v in self.raw_headers):
+            if self.body_data is not None and any(
+                    n.lower() == "dkim-signature" for n, _v in self.raw_headers):
                 message = assemble_message(self.raw_headers, self.body_data.data)
                 dkim = verify_dkim(message, truncated_at=self.body_data.truncated_at,
                                    timeout=self.engine.cfg.dns.timeout)
