@@ -18,6 +18,9 @@ import spf
 
 log = logging.getLogger("listgate")
 
+#: DNS answers kept (each for its own TTL)
+DNS_CACHE_SIZE = 10000
+
 
 @dataclass(frozen=True)
 class SpfResult:
@@ -39,6 +42,9 @@ def configure_dns(nameservers: Sequence[tuple[str, int]], timeout: float) -> Non
         res = dns.resolver.Resolver()
     res.timeout = timeout
     res.lifetime = timeout
+    # a bounded, thread-safe cache that honours each record's TTL: the same sender
+    # domain's SPF records are not fetched again for every message
+    res.cache = dns.resolver.LRUCache(DNS_CACHE_SIZE)
     dns.resolver.default_resolver = res
 
 

@@ -30,3 +30,13 @@ def test_pyspf_exception_becomes_temperror() -> None:
     checker = SpfChecker("mx.test", timeout=1.0, dns_timeout=0.5)
     res = checker.check("not an ip", "a@b.test", "h.test")
     assert res.result == "temperror" and "SPF evaluation error" in res.explanation
+
+
+def test_dns_answers_are_cached_with_their_ttl() -> None:
+    import dns.resolver
+
+    configure_dns([("127.0.0.1", 53)], timeout=1)
+    try:
+        assert isinstance(dns.resolver.default_resolver.cache, dns.resolver.LRUCache)
+    finally:
+        configure_dns([], timeout=5)
