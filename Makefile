@@ -49,3 +49,11 @@ e2e: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Performance benchmark (issue 5, part 1): smtp-source -> private Postfix -> smtp-sink
+# with no milter, a minimal pymilter milter and listgate (unix and inet sockets).
+# Prints a table and writes bench/results.json; about 5 minutes.  See bench/run.py.
+.PHONY: bench
+bench: $(STAMP)
+	scripts/install-debian-deps.sh test
+	$(PY) bench/run.py
