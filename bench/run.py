@@ -337,7 +337,8 @@ def main() -> int:
     os.chmod(workdir, 0o755)
     msgfile = workdir / "message.eml"
     make_message(msgfile)
-    dns = infra.DnsServer(txt={"bench.test": SPF, HELO: SPF}).start()
+    # real SPF records live for minutes to hours; listgate's resolver caches them
+    dns = infra.DnsServer(txt={"bench.test": SPF, HELO: SPF}, ttl=300).start()
     sink = Sink()
     configs: list[Config] = []
     milters: list = []

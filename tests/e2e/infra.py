@@ -388,8 +388,12 @@ class DnsServer(_Server):
         zones: Iterable[str] = ("test", "in-addr.arpa"),
         log_queries: bool = False,
         startup_timeout: float = 10.0,
+        ttl: int = 0,
     ) -> None:
         self.log_queries = log_queries
+        #: the TTL of every answer (dnsmasq's --local-ttl): 0, the default, keeps tests
+        #: free of resolver caching; a benchmark wants real-world TTLs
+        self.ttl = ttl
         self.txt = dict(txt or {})
         self.a = dict(a or {})
         self.ptr = dict(ptr or {})
@@ -477,6 +481,7 @@ class DnsServer(_Server):
                 f"--group={group}",
                 "--cache-size=0",
                 "--log-facility=-",  # log to stderr, never to syslog
+                f"--local-ttl={self.ttl}",
                 *(["--log-queries"] if self.log_queries else []),
                 *(f"--local=/{z}/" for z in self.zones),
             ]
