@@ -210,9 +210,9 @@ def mailman2_verdict(facts: Mailman2Facts) -> ListVerdict:
         code = facts.member_moderation_action
         action = _MM2_MEMBER_ACTIONS.get(code)
         if action is None:
-            return ListVerdict("hold", MEMBER, rule="member-moderation", reasons=(
-                f"{what} {who} is moderated, but member_moderation_action {code} is invalid "
-                f"(Mailman 2 would shunt the post)",))
+            return _mm2_shunted(MEMBER, "member-moderation",
+                                f"{what} {who} is moderated, but member_moderation_action "
+                                f"{code} is invalid")
         return ListVerdict(action, MEMBER if action == "hold" else None,
                            rule="member-moderation",
                            reasons=(f"{what} {who} is moderated: "
@@ -235,11 +235,17 @@ def mailman2_verdict(facts: Mailman2Facts) -> ListVerdict:
     code = facts.generic_nonmember_action
     action = _MM2_NONMEMBER_ACTIONS.get(code)
     if action is None:
-        return ListVerdict("hold", NONMEMBER, rule="nonmember-moderation", reasons=(
-            f"nonmember {shown}: generic_nonmember_action {code} is invalid "
-            f"(Mailman 2 would shunt the post)",))
+        return _mm2_shunted(NONMEMBER, "nonmember-moderation",
+                            f"nonmember {shown}: generic_nonmember_action {code} is invalid")
     reason = f"nonmember {shown}: generic_nonmember_action {code} ({action})"
     if action == "accept":
         return _mm2_passed(facts, "nonmember-moderation", reason)
     return ListVerdict(action, NONMEMBER if action == "hold" else None,
                        rule="nonmember-moderation", reasons=(reason,))
+
+
+def _mm2_shunted(kind: str, rule: str, what: str) -> ListVerdict:
+    """An action code Mailman 2 does not know: its assert fails and the post lands in
+    the shunt queue for the site admin, which for the sender is a hold."""
+    return ListVerdict("hold", kind, rule=rule,
+                       reasons=(f"{what} (Mailman 2 would shunt the post)",))
