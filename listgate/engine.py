@@ -164,10 +164,6 @@ class ListLookups:
         self.facts.put(key, facts, self.ttl)
         return facts
 
-    def clear(self) -> None:
-        self.lists.clear()
-        self.facts.clear()
-
     def stats(self) -> str:
         """Cache hit/miss counts for the log (SIGUSR1, shutdown)."""
         if self.backend.caches_itself:
