@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import re
 import signal
@@ -18,23 +17,21 @@ from listgate import __version__
 from listgate.app import build_engine
 from listgate.config import Config
 from listgate.engine import Engine
+from listgate.logfile import FastFormatter, LogFile, lean_records
 from listgate.milter import ListgateMilter
 from listgate.model import BackendError
 
 log = logging.getLogger("listgate")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-
-
 def setup_logging(cfg: Config) -> logging.Logger:
     """One line per event to ``log_file`` (``-`` = stderr), safe with logrotate."""
+    lean_records()
     if cfg.milter.log_file == "-":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(FastFormatter())
     else:
-        # WatchedFileHandler reopens the file when logrotate moves it away
-        handler = logging.handlers.WatchedFileHandler(cfg.milter.log_file, encoding="utf-8",
-                                                      errors="backslashreplace")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        # reopens the file when logrotate moves it away (checked once per second)
+        handler = LogFile(cfg.milter.log_file)
     log.handlers[:] = [handler]
     log.setLevel(cfg.milter.log_level.upper())
     log.propagate = False

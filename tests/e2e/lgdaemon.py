@@ -48,8 +48,10 @@ class ListgateDaemon:
     def write_config(self, extra: str | None = None) -> None:
         if extra is not None:
             self.extra_config = extra
-        # the test daemon runs as root while Postfix connects as user postfix
+        # the test daemon runs as root while Postfix connects as user postfix; it logs
+        # at debug so that tests can also read the per-stage lines (connect, SPF...)
         base = (f"[milter]\nsocket = {self.socket}\nlog_file = {self.log_path}\numask = 000\n"
+                f"log_level = debug\n"
                 f"authserv_id = mx.listgate.test\n"
                 f"[sqlite]\npath = {self.db}\n")
         if self.nameservers:

@@ -8,11 +8,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 from lgdaemon import LISTGATE, ListgateDaemon
 from miltertest import MilterConnection
 from miltertest import constants as C
+
+from listgate.logfile import REOPEN_CHECK_SECONDS
 
 
 def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
@@ -91,6 +94,7 @@ def test_log_reopened_after_logrotate_and_sigterm_exits_0():
         _post(d)
         d.wait_for_log(r"ACCEPT: no list recipient")
         os.rename(d.log_path, str(d.log_path) + ".1")  # what logrotate does
+        time.sleep(REOPEN_CHECK_SECONDS)  # the daemon looks once per second
         _post(d)
         d.wait_for_log(r"\[2\] ACCEPT: no list recipient")
         assert "[1]" not in d.log_text(), "new events go to the new file"
@@ -99,4 +103,21 @@ def test_log_reopened_after_logrotate_and_sigterm_exits_0():
     finally:
         assert d.stop() == 0
     assert "listgate stopped" in d.log_text()
+    shutil.rmtree(d.dir, ignore_errors=True)
+
+
+def test_log_level_info_writes_one_line_per_transaction():
+    """At the default level an admin reads one line per message: the verdict, with
+    who sent it; the per-stage lines (connect, HELO, MAIL, RCPT) are debug detail."""
+    d = ListgateDaemon(config="[milter]\nlog_level = info\n")
+    d.cli("db", "init")
+    d.start()
+    try:
+        _post(d)
+        line = d.wait_for_log(r"^.* INFO \[1\] ACCEPT: .*$").group(0)
+        assert line.endswith("ACCEPT: no list recipient; client=localhost[local] "
+                             "class=INTERNAL helo=<localhost> from=<a@b.org> spf=-"), line
+        assert [ln for ln in d.log_text().splitlines() if "[1]" in ln] == [line]
+    finally:
+        assert d.stop() == 0
     shutil.rmtree(d.dir, ignore_errors=True)
