@@ -1,0 +1,704 @@
+"""listgate benchmark, parts 2-4 of issue 5: protocol level, data scale, cost growth.
+
+Run alone (as root: dnsmasq, and Mailman 3 from scripts/install-mailman3.sh)::
+
+    .venv/bin/python bench/protocol.py            # ~5 minutes, writes bench/protocol.json
+    .venv/bin/python bench/protocol.py --quick    # ~1 minute smoke run
+
+or from ``bench/run.py``: ``protocol.add_arguments(parser)`` then
+``protocol.run_all(args) -> {"protocol": ..., "scale": ...}``.
+
+No MTA: :mod:`milterclient` (a lean MTA-side milter client, threads with blocking
+sockets) talks to the daemon's unix socket directly, claiming client IP 192.0.2.x,
+HELO ``mail.bench.test``.  listgate's ``internal_connect`` is 127.0.0.254/32, so the
+client is EXTERNAL and SPF runs for real against a private dnsmasq (300 s TTLs,
+``v=spf1 ip4:192.0.2.0/24 -all`` for every sender domain and the HELO name).
+
+Traffic mix (``--mix``, default 60/20/20), every verdict checked on the wire (a
+wrong answer aborts the run):
+
+* ``member``: a list member posts to ``list@lists.test`` (envelope = From =
+  ``mN@members.test``): accepted, with listgate's headers inserted.
+* ``nonmember``: ``sN@strangers.test`` (never seen before) posts to the list:
+  ``550 5.7.1 You are not permitted to post ...`` at end of message.
+* ``nolist``: mail to ``someone@elsewhere.test``: accepted, no list verdict.
+
+Part 2, ``protocol``: per concurrency N (``--concurrency``), N threads each running
+one conversation (one milter connection, ``--per-connection`` messages, QUIT) after
+another; per-stage latency p50/p99 (connect = socket + OPTNEG, mail, rcpt, eom =
+headers + end of message -> verdict), verdicts/s in total and by kind, the daemon's
+CPU ms per verdict (``/proc/PID/stat`` utime+stime) and the client's own CPU.  The
+same client and mix against ``bench/minimal_milter.py`` (which accepts everything)
+shows what is listgate's own cost.  listgate uses the 1e4-member SQLite list.
+
+Part 3, ``scale``: for SQLite lists of 1e2, 1e4 and 1e6 members (databases built
+with listgate's own store, ``SqliteStore.add_members``, and cached under
+``/var/tmp/listgate-bench/`` keyed by schema version and size), and 1e4 on a real
+Mailman 3.3.10 (its SQLite DB cached the same way): start-up time (exec -> the
+socket accepts a connection), then ONE connection at a time (latency, not
+throughput): ``cold`` = each post from a member the daemon has not looked up yet
+(a cache miss: a backend query; at 1e2 that is all 100 members), ``warm`` = posts
+from 100 members already looked up (cache hits); p50/p99 of the eom stage (the
+verdict); daemon RSS (VmRSS) after the run and its peak (VmHWM).
+
+Part 4, ``scale.growth``: ``--growth-messages`` (default 100000) through one fresh
+daemon (1e4-member SQLite list, the mix with new nonmembers throughout), at
+``--growth-concurrency``; per ``--growth-samples`` slice: verdicts/s and RSS.
+Flat rate and flat RSS = no leak.
+
+Also checked: the daemon's log has no ERROR/Traceback and it stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (ROOT / "tests" / "e2e", ROOT / "bench", ROOT):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import infra  # noqa: E402
+from lgdaemon import ListgateDaemon  # noqa: E402
+from milterclient import Conversation, Message, Reply  # noqa: E402
+
+LIST = "list@lists.test"
+LIST_ID = "list.lists.test"
+SPF = "v=spf1 ip4:192.0.2.0/24 -all"
+HELO = "mail.bench.test"
+DNS_TXT = {"members.test": SPF, "strangers.test": SPF, "other.test": SPF, HELO: SPF}
+LISTGATE_CONFIG = ("[network]\ninternal_connect = 127.0.0.254/32\n"
+                   "[milter]\nlog_level = info\n")
+CACHE_DIR = Path(os.environ.get("LISTGATE_BENCH_CACHE", "/var/tmp/listgate-bench"))
+REJECT_TEXT = f"550 5.7.1 You are not permitted to post to {LIST}."
+KINDS = ("member", "nonmember", "nolist")
+#: "[3] B000000001A: ACCEPT: list=list@lists.test ..." -> (queue id, ACCEPT|REJECT)
+VERDICT_LINE = re.compile(
+    rf"\] (B[0-9A-F]{{10}}): (ACCEPT|REJECT|TEMPFAIL): list={re.escape(LIST)} ")
+WARM_SET = 100
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be trusted (a wrong verdict, errors in a log...)."""
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of *pid* (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of *pid*, in MB (1e6 bytes)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line[:5]] = round(int(line.split()[1]) * 1024 / 1e6, 1)
+    return {"rss_mb": out["VmRSS"], "hwm_mb": out["VmHWM"]}
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-quantile (nearest rank) of *values* in ms, 3 decimals; None if empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    return round(1000 * s[min(len(s) - 1, max(0, round(q * len(s)) - 1))], 3)
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+class Traffic:
+    """Builds the messages of the mix and knows the right answer for each."""
+
+    def __init__(self, members: int, seed: int = 5) -> None:
+        self.members = members
+        self.rng = random.Random(seed)
+        self.strangers = itertools.count(1)
+        self.qids = itertools.count(1)
+
+    def message(self, kind: str, member: int | None = None) -> Message:
+        qid = f"B{next(self.qids):010X}"
+        if kind == "member":
+            i = self.rng.randrange(self.members) if member is None else member
+            sender, rcpt = f"m{i}@members.test", LIST
+        elif kind == "nonmember":
+            sender, rcpt = f"s{next(self.strangers)}@strangers.test", LIST
+        else:
+            sender, rcpt = f"u{self.rng.randrange(1000)}@other.test", "someone@elsewhere.test"
+        headers = [("From", f"Sender <{sender}>"), ("To", rcpt),
+                   ("Subject", "benchmark post"), ("Date", "Mon, 1 Jan 2024 00:00:00 +0000"),
+                   ("Message-ID", f"<{qid}@bench.test>"), ("MIME-Version", "1.0"),
+                   ("Content-Type", "text/plain; charset=us-ascii")]
+        return Message(sender, rcpt, headers, queue_id=qid)
+
+    def mix(self, n: int, weights: tuple[float, float, float]) -> list[tuple[str, Message]]:
+        kinds = self.rng.choices(KINDS, weights=weights, k=n)
+        return [(k, self.message(k)) for k in kinds]
+
+
+def check_listgate(kind: str, r: Reply) -> str | None:
+    """None if *r* is listgate's right answer on the wire for *kind*, else what is wrong.
+
+    A member post and a non-list message get the same answer on the wire (accept, with
+    Authentication-Results and Received-SPF inserted); :meth:`Listgate.verify` tells
+    them apart by the verdict line the daemon logs with the queue id."""
+    names = {h for h, _ in r.headers}
+    if kind == "nonmember":
+        if r.stage == "eom" and r.text.startswith(REJECT_TEXT):
+            return None
+    elif r.stage == "eom" and r.smtp == "accept" and "Received-SPF" in names:
+        return None
+    return f"{kind}: got {r.stage} {r.smtp!r} headers={sorted(names)}"
+
+
+def check_minimal(kind: str, r: Reply) -> str | None:
+    """The minimal milter accepts everything and adds X-Bench-Minimal."""
+    if r.stage == "eom" and r.smtp == "accept" and ("X-Bench-Minimal", "1") in r.headers:
+        return None
+    return f"{kind}: got {r.stage} {r.smtp!r} {r.headers}"
+
+
+# --------------------------------------------------------------------------- load
+
+
+def run_load(milter: Listgate | Minimal, jobs: list[tuple[str, Message]], concurrency: int,
+             per_connection: int = 1) -> dict[str, Any]:
+    """Send *jobs* over *concurrency* threads; timings, rates and CPU; raise on a wrong
+    verdict (on the wire, then in the daemon's log)."""
+    address, pid, check = milter.address, milter.pid, milter.check
+    mark = milter.log_mark()
+    timings = [{s: [] for s in ("connect", "mail", "rcpt", "eom")} for _ in range(concurrency)]
+    batches = iter([jobs[i:i + per_connection] for i in range(0, len(jobs), per_connection)])
+    lock = threading.Lock()
+    errors: list[str] = []
+    done = {k: 0 for k in KINDS}
+
+    def worker(t: dict[str, list[float]]) -> None:
+        mine = {k: 0 for k in KINDS}
+        try:
+            while not errors:
+                with lock:
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                conv = Conversation(address, t)
+                for kind, msg in batch:
+                    problem = check(kind, conv.send(msg))
+                    if problem:
+                        errors.append(problem)
+                    mine[kind] += 1
+                conv.close()
+        except Exception as e:  # noqa: BLE001 - reported below, the run fails
+            errors.append(f"{type(e).__name__}: {e}")
+        with lock:
+            for k, v in mine.items():
+                done[k] += v
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in timings]
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    seconds = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - cpu0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    if errors:
+        raise BenchError(f"{len(errors)} wrong answers, e.g.:\n" + "\n".join(errors[:10]))
+    n = sum(done.values())
+    if n != len(jobs):
+        raise BenchError(f"{n} verdicts for {len(jobs)} messages")
+    milter.verify(jobs, mark)
+    merged = {s: [x for t in timings for x in t[s]] for s in timings[0]}
+    client = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {
+        "messages": n,
+        "seconds": round(seconds, 3),
+        "verdicts_per_s": round(n / seconds, 1),
+        "by_kind_per_s": {k: round(v / seconds, 1) for k, v in done.items()},
+        "stages": {s: {"p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99), "n": len(v)}
+                   for s, v in merged.items()},
+        "daemon_cpu_ms_per_verdict": round(1000 * cpu / n, 3),
+        "client_cpu_ms_per_verdict": round(1000 * client / n, 3),
+        "_eom": merged["eom"],
+    }
+
+
+# --------------------------------------------------------------------------- daemons
+
+
+def wait_accepting(path: str, proc: subprocess.Popen, t0: float, timeout: float = 60) -> float:
+    """Seconds from *t0* until the unix socket *path* accepts a connection."""
+    import socket
+
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"the milter exited with {proc.returncode} during start-up")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+            return time.perf_counter() - t0
+        except OSError:
+            pass
+        if time.perf_counter() - t0 > timeout:
+            raise BenchError(f"the milter did not accept on {path} within {timeout}s")
+        time.sleep(0.002)
+
+
+class Listgate:
+    """The real daemon (``python -m listgate serve``) on a unix socket, timed start."""
+
+    def __init__(self, dns: infra.DnsServer, extra: str) -> None:
+        self.d = ListgateDaemon(transport="unix", nameservers=dns.nameservers,
+                                config=LISTGATE_CONFIG + extra,
+                                workdir=Path(tempfile.mkdtemp(prefix="bench-lg-",
+                                                              dir=infra.E2E_ROOT)))
+        os.chmod(self.d.dir, 0o755)
+        self.address = self.d.socket
+        self.d.stderr_path = self.d.dir / "stderr.log"
+        with open(self.d.stderr_path, "ab") as err:
+            t0 = time.perf_counter()
+            self.d.proc = subprocess.Popen(
+                [*__import__("lgdaemon").LISTGATE, "serve", "-c", str(self.d.cfg_path)],
+                stdout=subprocess.DEVNULL, stderr=err)
+        self.startup_s = round(wait_accepting(self.address[5:], self.d.proc, t0), 3)
+        self.pid = self.d.proc.pid
+
+    check = staticmethod(check_listgate)
+
+    def log_mark(self) -> int:
+        return self.d.log_size()
+
+    def verify(self, jobs: list[tuple[str, Message]], mark: int) -> None:
+        """Every message's verdict line, found by queue id: ACCEPT for a member, REJECT
+        for a nonmember, none for mail to no list (the line may follow the reply)."""
+        want = {m.queue_id: {"member": "ACCEPT", "nonmember": "REJECT"}.get(k)
+                for k, m in jobs}
+        deadline = time.monotonic() + 10
+        while True:
+            text = self.d.log_text(mark)
+            got = dict(VERDICT_LINE.findall(text))
+            wrong = [(q, w, got.get(q)) for q, w in want.items() if got.get(q) != w]
+            if not wrong or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if wrong:
+            raise BenchError(f"{len(wrong)} of {len(jobs)} verdicts wrong in the log "
+                             f"(queue id, expected, logged): {wrong[:10]}")
+
+    def check_log(self) -> None:
+        bad = [ln for ln in self.d.log_text().splitlines()
+               if " ERROR " in ln or "Traceback" in ln]
+        stderr = self.d.stderr_path.read_text(errors="replace")
+        if bad or "Traceback" in stderr:
+            raise BenchError("listgate logged errors:\n" + "\n".join(bad[:20]) + stderr[-2000:])
+
+    def close(self) -> None:
+        try:
+            self.check_log()
+        finally:
+            self.d.close()
+
+
+class Minimal:
+    """bench/minimal_milter.py on a unix socket."""
+
+    check = staticmethod(check_minimal)
+
+    def log_mark(self) -> int:
+        return 0
+
+    def verify(self, jobs: list[tuple[str, Message]], mark: int) -> None:
+        pass  # answers checked on the wire; it logs nothing
+
+    def __init__(self, workdir: Path) -> None:
+        path = workdir / "minimal.sock"
+        self.address = f"unix:{path}"
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "minimal_milter.py"),
+                                      self.address], stdin=subprocess.DEVNULL)
+        self.startup_s = round(wait_accepting(str(path), self.proc, t0), 3)
+        self.pid = self.proc.pid
+
+    def close(self) -> None:
+        infra._terminate(self.proc)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def sqlite_db(members: int) -> tuple[Path, float | None]:
+    """The cached SQLite store with LIST and *members* members; (path, build seconds or
+    None when it came from the cache)."""
+    from listgate.backends.sqlite import SCHEMA_VERSION, SqliteStore
+
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    path = CACHE_DIR / f"sqlite-schema{SCHEMA_VERSION}-{members}.db"
+    if path.exists():
+        return path, None
+    t0 = time.perf_counter()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    store = SqliteStore(str(tmp))
+    store.init()
+    store.create_list(LIST)
+    store.add_members(LIST, (f"m{i}@members.test" for i in range(members)))
+    store.close()
+    os.replace(tmp, path)
+    return path, round(time.perf_counter() - t0, 2)
+
+
+def listgate_sqlite(dns: infra.DnsServer, members: int) -> tuple[Listgate, float | None]:
+    db, built = sqlite_db(members)
+    return Listgate(dns, f"[sqlite]\npath = {db}\n"), built
+
+
+# --------------------------------------------------------------------------- Mailman 3
+
+
+def mailman3_listgate(dns: infra.DnsServer, members: int, stack: list) -> tuple[Listgate, dict]:
+    """A real Mailman 3 with LIST and *members* members (DB cached), and listgate on it."""
+    from mailman3 import MAILMAN_VERSION, Mailman3
+
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    cached = CACHE_DIR / f"mailman{MAILMAN_VERSION}-{members}.db"
+
+    class Seeded(Mailman3):
+        def _prepare(self) -> None:
+            super()._prepare()
+            if cached.exists():
+                (self.var_dir / "data").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cached, self.var_dir / "data" / "mailman.db")
+
+    info: dict[str, Any] = {"db_cached": cached.exists()}
+    mm = Seeded()
+    stack.append(mm)
+    t0 = time.perf_counter()
+    mm.start()
+    info["mailman_start_s"] = round(time.perf_counter() - t0, 1)
+    if not info["db_cached"]:
+        t0 = time.perf_counter()
+        mm.create_list(LIST, probe_member=False)
+        f = mm.workdir / "members.txt"
+        f.write_text("".join(f"m{i}@members.test\n" for i in range(members)))
+        r = subprocess.run([str(mm.mailman_bin.parent / "python"),
+                            str(ROOT / "bench" / "mm3_bulk_subscribe.py"), LIST, str(f)],
+                           env=mm._env(), capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            raise BenchError(f"bulk subscribe failed: {r.stdout}{r.stderr[-3000:]}")
+        info["build_s"] = round(time.perf_counter() - t0, 1)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        src = sqlite3.connect(mm.var_dir / "data" / "mailman.db")
+        dst = sqlite3.connect(tmp)
+        src.backup(dst)
+        dst.close()
+        src.close()
+        os.replace(tmp, cached)
+    count = mm.rest("GET", f"lists/{LIST_ID}")[1]["member_count"]
+    if count != members:
+        raise BenchError(f"Mailman 3 list has {count} members, expected {members}")
+    pw = mm.workdir / "rest.pass"
+    pw.write_text(mm.admin_pass + "\n")
+    os.chmod(pw, 0o600)
+    lg = Listgate(dns, f"[lists]\nbackend = mailman3\n[mailman3]\nurl = {mm.rest_url}\n"
+                       f"user = {mm.admin_user}\npassword_file = {pw}\n")
+    return lg, info
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def part_protocol(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> dict:
+    """Part 2: the same client and mix against listgate and the minimal milter."""
+    out: dict[str, Any] = {"mix": dict(zip(KINDS, args.mix_weights, strict=True)),
+                           "per_connection": args.per_connection, "socket": "unix",
+                           "members": 10000, "results": {}}
+    for name in ("listgate-sqlite", "minimal-pymilter"):
+        milter: Listgate | Minimal
+        if name == "listgate-sqlite":
+            milter, _ = listgate_sqlite(dns, 10000)
+        else:
+            milter = Minimal(workdir)
+        try:
+            traffic = Traffic(10000, seed=2)
+            run_load(milter, traffic.mix(args.warmup, args.mix_weights), 10,
+                     args.per_connection)
+            res = {}
+            for n in args.concurrency:
+                r = run_load(milter, traffic.mix(args.protocol_messages, args.mix_weights),
+                             n, args.per_connection)
+                r.pop("_eom")
+                res[str(n)] = r
+                st = r["stages"]
+                log(f"protocol {name:<17} N={n:<3} {r['verdicts_per_s']:7.1f} verdicts/s  "
+                    + "  ".join(f"{s} {st[s]['p50_ms']}/{st[s]['p99_ms']}" for s in st)
+                    + f" ms  daemon {r['daemon_cpu_ms_per_verdict']:.2f} "
+                    f"client {r['client_cpu_ms_per_verdict']:.2f} ms CPU/verdict")
+            res["startup_s"] = milter.startup_s
+            out["results"][name] = res
+        finally:
+            milter.close()
+    return out
+
+
+def scale_point(milter: Listgate, members: int, args: argparse.Namespace) -> dict:
+    """Cold then warm verdict latency, one connection at a time; RSS after."""
+    traffic = Traffic(members, seed=3)
+    rng = random.Random(members)
+    order = rng.sample(range(members), min(members, args.cold))
+    cold = [("member", traffic.message("member", i)) for i in order]
+    r_cold = run_load(milter, cold, 1)
+    warm_set = order[:WARM_SET]
+    warm = [("member", traffic.message("member", rng.choice(warm_set)))
+            for _ in range(args.warm)]
+    r_warm = run_load(milter, warm, 1)
+    mem = memory_mb(milter.pid)
+    return {"members": members, "startup_s": milter.startup_s, **mem,
+            "cold_n": len(cold), "cold_p50_ms": pct(r_cold["_eom"], 0.5),
+            "cold_p99_ms": pct(r_cold["_eom"], 0.99),
+            "warm_n": len(warm), "warm_p50_ms": pct(r_warm["_eom"], 0.5),
+            "warm_p99_ms": pct(r_warm["_eom"], 0.99),
+            "warm_total_p50_ms": round(sum(r_warm["stages"][s]["p50_ms"] for s in
+                                           ("connect", "mail", "rcpt", "eom")), 3),
+            "daemon_cpu_ms_per_verdict_warm": r_warm["daemon_cpu_ms_per_verdict"]}
+
+
+def part_scale(args: argparse.Namespace, dns: infra.DnsServer) -> dict:
+    out: dict[str, Any] = {"sqlite": {}, "mailman3": {},
+                           "method": "one connection at a time; latency = eom stage (headers"
+                                     " + end of message -> verdict); cold = members not yet"
+                                     " looked up by this daemon, warm = 100 members already"
+                                     " looked up; rss after the run, hwm = peak"}
+    for members in args.sizes:
+        milter, built = listgate_sqlite(dns, members)
+        try:
+            p = scale_point(milter, members, args)
+        finally:
+            milter.close()
+        p["db_build_s"] = built
+        out["sqlite"][str(members)] = p
+        log(f"scale sqlite {members:>8}: start {p['startup_s']:.3f}s  cold {p['cold_p50_ms']}/"
+            f"{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/{p['warm_p99_ms']} ms  "
+            f"RSS {p['rss_mb']} MB (peak {p['hwm_mb']})"
+            + (f"  (DB built in {built}s)" if built else ""))
+    if args.mailman3:
+        stack: list = []
+        try:
+            milter, info = mailman3_listgate(dns, args.mailman3, stack)
+            try:
+                p = scale_point(milter, args.mailman3, args)
+            finally:
+                milter.close()
+            p.update(info)
+            out["mailman3"][str(args.mailman3)] = p
+            log(f"scale mailman3 {args.mailman3:>6}: start {p['startup_s']:.3f}s  cold "
+                f"{p['cold_p50_ms']}/{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/"
+                f"{p['warm_p99_ms']} ms  RSS {p['rss_mb']} MB  {info}")
+        finally:
+            for mm in stack:
+                mm.stop()
+    return out
+
+
+def part_growth(args: argparse.Namespace, dns: infra.DnsServer) -> dict:
+    """Part 4: verdicts/s and RSS per slice of one long run."""
+    total, slices = args.growth_messages, args.growth_samples
+    size = max(1, total // slices)
+    milter, _ = listgate_sqlite(dns, 10000)
+    samples = []
+    try:
+        traffic = Traffic(10000, seed=4)
+        sent = 0
+        rss0 = memory_mb(milter.pid)["rss_mb"]
+        while sent < total:
+            n = min(size, total - sent)
+            r = run_load(milter, traffic.mix(n, args.mix_weights),
+                         args.growth_concurrency, args.per_connection)
+            sent += n
+            mem = memory_mb(milter.pid)
+            samples.append({"messages": sent, "verdicts_per_s": r["verdicts_per_s"],
+                            "rss_mb": mem["rss_mb"],
+                            "daemon_cpu_ms_per_verdict": r["daemon_cpu_ms_per_verdict"],
+                            "eom_p99_ms": r["stages"]["eom"]["p99_ms"]})
+            log(f"growth {sent:>7} msgs  {r['verdicts_per_s']:7.1f} verdicts/s  "
+                f"RSS {mem['rss_mb']} MB  daemon {r['daemon_cpu_ms_per_verdict']:.2f} ms/verdict")
+    finally:
+        milter.close()
+    return {"messages": total, "concurrency": args.growth_concurrency, "members": 10000,
+            "rss_mb_at_start": rss0, "samples": samples}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of parts 2-4 (bench/run.py adds them to its own parser)."""
+    g = ap.add_argument_group("protocol/scale/growth (bench/protocol.py)")
+    g.add_argument("--quick", action="store_true", help="~1 minute smoke run")
+    g.add_argument("--concurrency", default="1,10,50", help="part 2: concurrent conversations")
+    g.add_argument("--protocol-messages", type=int, default=3000,
+                   help="part 2: messages per point (default %(default)s)")
+    g.add_argument("--per-connection", type=int, default=1,
+                   help="messages per milter connection (default %(default)s, like "
+                        "smtp-source/Postfix: one per SMTP session)")
+    g.add_argument("--mix", default="60,20,20", help="member,nonmember,nolist weights")
+    g.add_argument("--sizes", default="100,10000,1000000", help="part 3: SQLite list sizes")
+    g.add_argument("--mailman3", type=int, default=10000,
+                   help="part 3: Mailman 3 list size (0 = skip)")
+    g.add_argument("--cold", type=int, default=1000, help="part 3: cold lookups per size")
+    g.add_argument("--warm", type=int, default=2000, help="part 3: warm lookups per size")
+    g.add_argument("--growth-messages", type=int, default=100000, help="part 4 (0 = skip)")
+    g.add_argument("--growth-samples", type=int, default=20, help="part 4: slices")
+    g.add_argument("--growth-concurrency", type=int, default=10)
+    g.add_argument("--parts", default="protocol,scale,growth")
+
+
+def _finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    if args.quick:
+        args.concurrency, args.protocol_messages = "1,10", 300
+        args.sizes, args.cold, args.warm = "100,10000", 200, 300
+        args.growth_messages, args.growth_samples = 2000, 4
+    args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x]
+    args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
+    args.mix_weights = tuple(float(x) for x in args.mix.split(","))
+    args.warmup = 300
+    args.parts = set(args.parts.split(","))
+    return args
+
+
+def run_all(args: argparse.Namespace, dns: infra.DnsServer | None = None) -> dict:
+    """Parts 2-4; returns ``{"protocol": ..., "scale": {...}}`` for results.json."""
+    args = _finish_args(args)
+    started = time.monotonic()
+    infra.E2E_ROOT.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-proto-", dir=infra.E2E_ROOT))
+    own_dns = dns is None
+    if own_dns:
+        dns = infra.DnsServer(txt=DNS_TXT, ttl=300).start()
+    else:
+        missing = set(DNS_TXT) - set(dns.txt)
+        if missing:
+            raise BenchError(f"the DNS server lacks the SPF records for {sorted(missing)}")
+    out: dict[str, Any] = {"protocol": None, "scale": {}}
+    timing = {}
+    try:
+        if "protocol" in args.parts:
+            t0 = time.monotonic()
+            out["protocol"] = part_protocol(args, dns, workdir)
+            timing["protocol_s"] = round(time.monotonic() - t0, 1)
+        if "scale" in args.parts:
+            t0 = time.monotonic()
+            out["scale"] = part_scale(args, dns)
+            timing["scale_s"] = round(time.monotonic() - t0, 1)
+        if "growth" in args.parts and args.growth_messages:
+            t0 = time.monotonic()
+            out["scale"]["growth"] = part_growth(args, dns)
+            timing["growth_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        if own_dns:
+            dns.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    timing["total_s"] = round(time.monotonic() - started, 1)
+    out["scale"]["seconds"] = timing
+    return out
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def report(out: dict) -> None:
+    """A readable terminal table of :func:`run_all`'s result."""
+    p = out.get("protocol")
+    if p:
+        print(f"\nPart 2, protocol level (unix socket, mix {p['mix']}, "
+              f"{p['per_connection']} msg/connection): p50/p99 ms per stage")
+        hdr = (f"{'milter':<18}{'N':>4}{'verdicts/s':>11}{'connect':>14}{'mail':>14}"
+               f"{'rcpt':>14}{'eom':>14}{'CPU ms/v':>9}{'client':>7}")
+        print(hdr)
+        print("-" * len(hdr))
+        for name, res in p["results"].items():
+            for n, r in res.items():
+                if n == "startup_s":
+                    continue
+                st = r["stages"]
+                cells = "".join(f"{_ms(st[s]['p50_ms']):>6}/{_ms(st[s]['p99_ms']):<7}"
+                                for s in ("connect", "mail", "rcpt", "eom"))
+                print(f"{name:<18}{n:>4}{r['verdicts_per_s']:>11.1f}  {cells}"
+                      f"{r['daemon_cpu_ms_per_verdict']:>8.2f}{r['client_cpu_ms_per_verdict']:>7.2f}")
+    s = out.get("scale") or {}
+    rows = [("sqlite", k, v) for k, v in s.get("sqlite", {}).items()]
+    rows += [("mailman3", k, v) for k, v in s.get("mailman3", {}).items()]
+    if rows:
+        print("\nPart 3, data scale (one connection at a time; verdict = eom stage)")
+        hdr = (f"{'backend':<10}{'members':>9}{'start s':>9}{'cold p50/p99 ms':>18}"
+               f"{'warm p50/p99 ms':>18}{'RSS MB':>8}{'peak':>7}")
+        print(hdr)
+        print("-" * len(hdr))
+        for b, k, v in rows:
+            print(f"{b:<10}{k:>9}{v['startup_s']:>9.3f}"
+                  f"{v['cold_p50_ms']:>9.2f}/{v['cold_p99_ms']:<8.2f}"
+                  f"{v['warm_p50_ms']:>9.2f}/{v['warm_p99_ms']:<8.2f}"
+                  f"{v['rss_mb']:>8.1f}{v['hwm_mb']:>7.1f}")
+        sq = s.get("sqlite", {})
+        if "100" in sq and "1000000" in sq:
+            ratio = sq["1000000"]["warm_p99_ms"] / sq["100"]["warm_p99_ms"]
+            print(f"target: warm p99 at 1e6 within 1.5x of 1e2: {ratio:.2f}x "
+                  f"({'met' if ratio <= 1.5 else 'NOT met'}); RSS at 1e6 under 100 MB: "
+                  f"{sq['1000000']['rss_mb']} MB "
+                  f"({'met' if sq['1000000']['rss_mb'] < 100 else 'NOT met'})")
+    g = s.get("growth")
+    if g:
+        print(f"\nPart 4, cost growth ({g['messages']} messages, N={g['concurrency']}; "
+              f"RSS at start {g['rss_mb_at_start']} MB)")
+        print(f"{'messages':>9}{'verdicts/s':>12}{'RSS MB':>8}{'CPU ms/v':>10}")
+        for x in g["samples"]:
+            print(f"{x['messages']:>9}{x['verdicts_per_s']:>12.1f}{x['rss_mb']:>8.1f}"
+                  f"{x['daemon_cpu_ms_per_verdict']:>10.2f}")
+    if "seconds" in s:
+        print(f"\ntime: {s['seconds']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "protocol.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/protocol.py must run as root (dnsmasq, Mailman 3)", file=sys.stderr)
+        return 2
+    out = run_all(args)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    report(out)
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
