@@ -254,11 +254,11 @@ class Listgate:
         if accepts != sent:
             raise BenchError(f"listgate logged {accepts} ACCEPT lines for {sent} messages:\n"
                              f"{text[-3000:]}")
-        externals = text.count(" EXTERNAL")
-        spf_passes = text.count("SPF pass identity=mailfrom")
-        if externals < sent or spf_passes < sent:
-            raise BenchError(f"expected {sent} EXTERNAL clients with SPF pass, log has "
-                             f"{externals} EXTERNAL and {spf_passes} SPF pass:\n{text[-3000:]}")
+        checked = len(re.findall(r" class=EXTERNAL\S* helo=<mail\.bench\.test> "
+                                 r"from=<bounce@bench\.test> spf=pass$", text, re.M))
+        if checked < sent:
+            raise BenchError(f"expected {sent} verdicts for EXTERNAL clients with SPF pass, "
+                             f"the log has {checked}:\n{text[-3000:]}")
 
     def close(self) -> None:
         self.d.close()
