@@ -11,6 +11,7 @@ rather than using a "better" parser.  There is deliberately no ``+tag`` folding.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -49,14 +50,22 @@ def strip_brackets(address: str) -> str:
 
 def header_addresses(values: Iterable[str]) -> list[str]:
     """Every address in the given header values, lowercased, in order (may be invalid)."""
-    vals = [v for v in values if v]
-    if not vals:
-        return []
+    vals = tuple(v for v in values if v)
+    return list(_parse(vals)) if vals else []
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``email.utils.getaddresses`` over the values together, as Mailman calls it.
+
+    Cached: the same From/Reply-To values come back with every post of a sender, and
+    both the Mailman 3 and the Mailman 2 sender rules parse them.
+    """
     try:
-        pairs = email.utils.getaddresses(vals)
+        pairs = email.utils.getaddresses(list(values))
     except Exception:  # noqa: BLE001 - a malformed header is "no address", never a crash
-        return []
-    return [addr.lower() for _name, addr in pairs if addr]
+        return ()
+    return tuple(addr.lower() for _name, addr in pairs if addr)
 
 
 def senders(headers: Mapping[str, Sequence[str]], envelope_sender: str) -> list[str]:

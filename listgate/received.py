@@ -23,6 +23,7 @@ the engine passes in the collected header values and its configured networks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -116,8 +117,14 @@ def _ip_or_none(text: str) -> str | None:
 
 def in_nets(ip: str, nets: Sequence[Network]) -> bool:
     """``ip`` (canonical, see :func:`normalize_ip`) is in one of ``nets``."""
-    addr = ipaddress.ip_address(ip)
+    addr = _address(ip)
     return any(addr.version == n.version and addr in n for n in nets)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parsed once: a connection's address is tested against several network lists."""
+    return ipaddress.ip_address(ip)
 
 
 def _split_from_clause(text: str) -> tuple[list[tuple[bool, str]], str] | None:

@@ -11,15 +11,78 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import dns.exception
+import dns.message
 import dns.nameserver
+import dns.rdatatype
 import dns.resolver
 import spf
+
+from listgate.cache import TTLCache
 
 log = logging.getLogger("listgate")
 
 #: DNS answers kept (each for its own TTL)
 DNS_CACHE_SIZE = 10000
+#: the longest any answer is kept, whatever its TTL says
+MAX_TTL = 3600.0
+#: how long "no such name / no such record" is kept when the answer has no SOA
+NEGATIVE_TTL = 60.0
+
+#: pyspf's view of DNS answers, converted once: ``(name, qtype) -> [((name, qtype), data)]``
+_answers = TTLCache(DNS_CACHE_SIZE)
+
+
+def _negative_ttl(response: dns.message.Message | None) -> float:
+    """RFC 2308: a negative answer lives for min(SOA TTL, SOA minimum)."""
+    for rrset in getattr(response, "authority", None) or ():
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return NEGATIVE_TTL
+
+
+def cached_lookup(name: str, qtype: str, tcpfallback: bool = True,
+                  timeout: float = 30) -> list[tuple[tuple[str, str], Any]]:
+    """pyspf's ``DNSLookup``, with the converted answer cached for its TTL.
+
+    pyspf's own lookup asks dnspython every time and converts the answer again; even
+    from dnspython's cache that cost ~40 us per query, several per message.  Errors
+    (timeouts, SERVFAIL) are not cached: the next message asks again.
+    """
+    key = (name, qtype)
+    hit = _answers.get(key)
+    if not TTLCache.missing(hit):
+        return hit
+    out: list[tuple[tuple[str, str], Any]] = []
+    try:
+        answers = dns.resolver.resolve(name, qtype, lifetime=timeout)
+        for rdata in answers:
+            if qtype in ("A", "AAAA"):
+                out.append(((name, qtype), rdata.address))
+            elif qtype == "MX":
+                out.append(((name, qtype), (rdata.preference, rdata.exchange)))
+            elif qtype == "PTR":
+                out.append(((name, qtype), rdata.target.to_text(True)))
+            elif qtype in ("TXT", "SPF"):
+                out.append(((name, qtype), rdata.strings))
+        ttl = float(answers.rrset.ttl) if answers.rrset is not None else NEGATIVE_TTL
+    except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as e:
+        ttl = _negative_ttl(e.kwargs.get("response") if isinstance(e, dns.resolver.NoAnswer)
+                            else e.response(e.qnames()[0]) if e.qnames() else None)
+    except (dns.exception.Timeout, dns.resolver.NoNameservers) as e:
+        raise spf.TempError(f"DNS {e}") from None
+    _answers.put(key, out, min(ttl, MAX_TTL))
+    return out
+
+
+def clear_dns_cache() -> None:
+    """Forget every cached answer (SIGHUP, tests)."""
+    _answers.clear()
+    cache = getattr(dns.resolver.get_default_resolver(), "cache", None)
+    if cache is not None:
+        cache.flush()
 
 
 @dataclass(frozen=True)
@@ -46,6 +109,8 @@ def configure_dns(nameservers: Sequence[tuple[str, int]], timeout: float) -> Non
     # domain's SPF records are not fetched again for every message
     res.cache = dns.resolver.LRUCache(DNS_CACHE_SIZE)
     dns.resolver.default_resolver = res
+    _answers.clear()
+    spf.DNSLookup = cached_lookup
 
 
 class SpfChecker:
