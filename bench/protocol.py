@@ -328,9 +328,10 @@ class Listgate:
 
 
 class Minimal:
-    """bench/minimal_milter.py on a unix socket."""
+    """bench/minimal_milter.py (or another reference milter script) on a unix socket."""
 
     check = staticmethod(check_minimal)
+    script = "minimal_milter.py"
 
     def log_mark(self) -> int:
         return 0
@@ -339,16 +340,32 @@ class Minimal:
         pass  # answers checked on the wire; it logs nothing
 
     def __init__(self, workdir: Path) -> None:
-        path = workdir / "minimal.sock"
+        path = workdir / f"{self.script}.sock"
         self.address = f"unix:{path}"
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "minimal_milter.py"),
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / self.script),
                                       self.address], stdin=subprocess.DEVNULL)
         self.startup_s = round(wait_accepting(str(path), self.proc, t0), 3)
         self.pid = self.proc.pid
 
     def close(self) -> None:
         infra._terminate(self.proc)
+
+
+def check_callbacks(kind: str, r: Reply) -> str | None:
+    """The callbacks milter continues everything and inserts listgate's two headers."""
+    names = {h for h, _ in r.headers}
+    if r.stage == "eom" and r.smtp == "accept" and {"Received-SPF",
+                                                    "Authentication-Results"} <= names:
+        return None
+    return f"{kind}: got {r.stage} {r.smtp!r} {r.headers}"
+
+
+class Callbacks(Minimal):
+    """bench/callbacks_milter.py: listgate's callbacks and header insertions, no work."""
+
+    check = staticmethod(check_callbacks)
+    script = "callbacks_milter.py"
 
 
 # --------------------------------------------------------------------------- data
@@ -439,10 +456,12 @@ def part_protocol(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path)
     out: dict[str, Any] = {"mix": dict(zip(KINDS, args.mix_weights, strict=True)),
                            "per_connection": args.per_connection, "socket": "unix",
                            "members": 10000, "results": {}}
-    for name in ("listgate-sqlite", "minimal-pymilter"):
+    for name in ("listgate-sqlite", "callbacks-pymilter", "minimal-pymilter"):
         milter: Listgate | Minimal
         if name == "listgate-sqlite":
             milter, _ = listgate_sqlite(dns, 10000)
+        elif name == "callbacks-pymilter":
+            milter = Callbacks(workdir)
         else:
             milter = Minimal(workdir)
         try:
