@@ -12,9 +12,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.nameserver
 import dns.resolver
 import spf
+
+try:
+    import dns.nameserver  # dnspython >= 2.4
+    _HAVE_NAMESERVER_OBJECTS = True
+except ImportError:
+    _HAVE_NAMESERVER_OBJECTS = False
 
 log = logging.getLogger("listgate")
 
@@ -37,7 +42,11 @@ def configure_dns(nameservers: Sequence[tuple[str, int]], timeout: float) -> Non
     """
     if nameservers:
         res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in nameservers]
+        if _HAVE_NAMESERVER_OBJECTS:
+            res.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in nameservers]
+        else:  # dnspython < 2.4 (Debian 12 has 2.3): one port per server address
+            res.nameserver_ports = {h: p for h, p in nameservers}
+            res.nameservers = [h for h, _ in nameservers]
     else:
         res = dns.resolver.Resolver()
     res.timeout = timeout
