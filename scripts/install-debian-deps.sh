@@ -14,6 +14,7 @@
 #     python3-setuptools   build the .deb with Debian's own python3 (packaging/debian)
 #     lintian        check the .deb
 #     systemd        systemd-analyze verify / security --offline on the unit
+#     python3-pytest the unit tests run under Debian's python3 against the package
 #
 # Runs `apt-get update` only when a package is missing. Works as root without a
 # terminal (CI=true, stdin closed) and without systemd: while it installs, a
@@ -25,7 +26,7 @@ set -euo pipefail
 
 PACKAGES=(libmilter-dev python3-venv python3-dev gcc)
 PACKAGING=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
-           python3-setuptools lintian systemd)
+           python3-setuptools lintian systemd python3-pytest)
 case "${1:-test}" in
     run) ;;
     test) PACKAGES+=(postfix dnsmasq-base "${PACKAGING[@]}") ;;
