@@ -191,13 +191,14 @@ lg() { runuser -u listgate -- /usr/bin/listgate -c /etc/listgate/listgate.cfg "$
 lg db init                                       # the unit's ExecStartPre
 lg lists create dev@lists.example.org >/dev/null
 lg members add dev@lists.example.org alice@example.org >/dev/null
-# the unit's ExecStart, under MemoryDenyWriteExecute's rule
-runuser -u listgate -- /usr/bin/python3 "$HERE/mdwe_exec.py" \
-    /usr/bin/listgate -c /etc/listgate/listgate.cfg serve 2>"$LOG" &
+# the unit's ExecStart, under MemoryDenyWriteExecute's rule; setpriv execs (no
+# parent left behind), so $! is the daemon
+setpriv --reuid=listgate --regid=listgate --init-groups -- /usr/bin/python3 \
+    "$HERE/mdwe_exec.py" /usr/bin/listgate -c /etc/listgate/listgate.cfg serve 2>"$LOG" &
 pid=$!
 for _ in $(seq 100); do [ -S /run/listgate/listgate.sock ] && break; sleep 0.1; done
 echo "socket: $(stat -c '%U:%G %a' /run/listgate/listgate.sock)"
-echo "daemon user: $(ps -o user= -p "$(pgrep -P "$pid" || echo "$pid")")"
+echo "daemon user: $(stat -c %U "/proc/$pid")"
 try() {  # connect as uid nobody with the given extra groups (postfix, say)
     setpriv --reuid=nobody --regid=nogroup --groups="$1" -- /usr/bin/python3 -c '
 import socket
@@ -213,7 +214,7 @@ echo "post: $("$PY" "$HERE/milter_probe.py" /run/listgate/listgate.sock \
     alice@example.org dev@lists.example.org)"
 echo "stranger: $("$PY" "$HERE/milter_probe.py" /run/listgate/listgate.sock \
     eve@example.net dev@lists.example.org)"
-kill -TERM "$(pgrep -P "$pid" || echo "$pid")"
+kill -TERM "$pid"
 status=0; wait "$pid" || status=$?
 echo "exit: $status"
 """
