@@ -7,7 +7,7 @@ CONFIG ?= etc/listgate.cfg
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint unit e2e venv clean
+.PHONY: run test lint unit e2e venv clean package
 
 # The virtualenv, with listgate installed editable plus its test tools; redone when
 # pyproject.toml changes.
@@ -49,6 +49,12 @@ e2e: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# The Debian package, for Debian's own python3: build/deb/listgate_VERSION_all.deb
+# (plus .buildinfo/.changes).  See packaging/debian and README.md, "Installing".
+package: $(STAMP)
+	scripts/install-debian-deps.sh package
+	scripts/build-deb.sh
 
 # Performance benchmark (issue 5, part 1): smtp-source -> private Postfix -> smtp-sink
 # with no milter, a minimal pymilter milter and listgate (unix and inet sockets).

@@ -56,7 +56,11 @@ import dkim.util
 import dns.exception
 import dns.resolver
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed
-from publicsuffixlist import PublicSuffixList
+
+try:
+    from publicsuffixlist import PublicSuffixList
+except ImportError:  # the Debian package carries it: Debian 12 has no python3-publicsuffixlist
+    from listgate._vendor.publicsuffixlist import PublicSuffixList
 
 from listgate import addresses
 from listgate.reply import clean, header_value

@@ -15,12 +15,17 @@ from typing import Any
 
 import dns.exception
 import dns.message
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import spf
 
 from listgate.cache import TTLCache
+
+try:
+    import dns.nameserver  # dnspython >= 2.4
+    _HAVE_NAMESERVER_OBJECTS = True
+except ImportError:
+    _HAVE_NAMESERVER_OBJECTS = False
 
 log = logging.getLogger("listgate")
 
@@ -100,7 +105,11 @@ def configure_dns(nameservers: Sequence[tuple[str, int]], timeout: float) -> Non
     """
     if nameservers:
         res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in nameservers]
+        if _HAVE_NAMESERVER_OBJECTS:
+            res.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in nameservers]
+        else:  # dnspython < 2.4 (Debian 12 has 2.3): one port per server address
+            res.nameserver_ports = {h: p for h, p in nameservers}
+            res.nameservers = [h for h, _ in nameservers]
     else:
         res = dns.resolver.Resolver()
     res.timeout = timeout

@@ -8,6 +8,13 @@
 #     postfix        private test instances (postfix -c DIR) and smtp-sink
 #     dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
 #                    service listening on port 53; the tests run their own instances
+#     (and everything `package` installs: `make test` builds and checks the .deb)
+#   scripts/install-debian-deps.sh package   what `make package` needs:
+#     dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
+#     python3-setuptools   build the .deb with Debian's own python3 (packaging/debian)
+#     lintian        check the .deb
+#     systemd        systemd-analyze verify / security --offline on the unit
+#     python3-pytest the unit tests run under Debian's python3 against the package
 #
 # Runs `apt-get update` only when a package is missing. Works as root without a
 # terminal (CI=true, stdin closed) and without systemd: while it installs, a
@@ -18,10 +25,13 @@
 set -euo pipefail
 
 PACKAGES=(libmilter-dev python3-venv python3-dev gcc)
+PACKAGING=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
+           python3-setuptools lintian systemd python3-pytest)
 case "${1:-test}" in
     run) ;;
-    test) PACKAGES+=(postfix dnsmasq-base) ;;
-    *) echo "usage: $0 run|test" >&2; exit 2 ;;
+    test) PACKAGES+=(postfix dnsmasq-base "${PACKAGING[@]}") ;;
+    package) PACKAGES+=("${PACKAGING[@]}") ;;
+    *) echo "usage: $0 run|test|package" >&2; exit 2 ;;
 esac
 log() { echo "install-debian-deps: $*" >&2; }
 
