@@ -8,6 +8,10 @@
 #     postfix        private test instances (postfix -c DIR) and smtp-sink
 #     dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
 #                    service listening on port 53; the tests run their own instances
+#     libwrap0, m4   what the private sendmail of the sendmail tests needs (its binary
+#                    links libwrap; m4 builds sendmail.cf). sendmail itself conflicts
+#                    with postfix as a package: scripts/install-sendmail.sh unpacks it
+#                    into a private directory instead
 #
 # Runs `apt-get update` only when a package is missing. Works as root without a
 # terminal (CI=true, stdin closed) and without systemd: while it installs, a
@@ -20,7 +24,7 @@ set -euo pipefail
 PACKAGES=(libmilter-dev python3-venv python3-dev gcc)
 case "${1:-test}" in
     run) ;;
-    test) PACKAGES+=(postfix dnsmasq-base) ;;
+    test) PACKAGES+=(postfix dnsmasq-base libwrap0 m4) ;;
     *) echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 log() { echo "install-debian-deps: $*" >&2; }
@@ -85,7 +89,7 @@ if [ "$postfix_installed_before" = no ] && postfix status >/dev/null 2>&1; then
 fi
 
 tools=()
-[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq)
+[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq m4)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
         log "ERROR: $tool missing after install"
