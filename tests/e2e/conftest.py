@@ -24,6 +24,12 @@ directory). Fixtures:
 ``session_postfix_factory`` (session)
     the same, but instances live until the end of the session (for module- or
     session-scoped fixtures that share one instance between tests).
+``mta_factory`` (module) / ``mta`` (module)
+    ``mta_factory(daemon, ipv6=False)``: a session Postfix relaying lists.test and
+    elsewhere.test to the sink with the :class:`lgdaemon.ListgateDaemon` ``daemon`` as
+    its milter; ``mta`` is ``mta_factory(daemon)`` for the module's ``daemon`` fixture.
+    Scenarios written against these two run through sendmail too: the
+    test_sendmail_*.py modules import them and override ``mta_factory``.
 
 Missing tools make every test here FAIL (never skip) with a message naming them.
 """
@@ -194,3 +200,19 @@ def session_postfix_factory(smtp_sink_session, relay_domains):
     factory = _PostfixFactory(smtp_sink_session, relay_domains)
     yield factory
     factory.close()
+
+
+@pytest.fixture(scope="module")
+def mta_factory(session_postfix_factory):
+    """``mta_factory(daemon, ipv6=False)``: a started MTA (has ``.port``) asking
+    ``daemon``; a Postfix here, sendmail where test_sendmail_*.py override it."""
+    def make(daemon, *, ipv6: bool = False) -> infra.PostfixInstance:
+        return session_postfix_factory(milter=daemon.postfix_milter, ipv6=ipv6,
+                                       relay_domains=["lists.test", "elsewhere.test"])
+    return make
+
+
+@pytest.fixture(scope="module")
+def mta(daemon, mta_factory):
+    """The module's MTA in front of the module's ``daemon`` fixture."""
+    return mta_factory(daemon)
