@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import infra
-import pytest
 
 #: Where scripts/install-sendmail.sh unpacks the Debian packages.
 SENDMAIL_ROOT = Path(os.environ.get("LISTGATE_SENDMAIL_ROOT", "/var/tmp/listgate-sendmail"))
@@ -190,23 +189,3 @@ class SendmailInstance(infra._Server):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-
-@pytest.fixture(scope="module")
-def sendmail_factory(smtp_sink_session):
-    """Overrides conftest's ``mta_factory`` where imported: ``mta_factory(daemon,
-    ipv6=False)`` starts a SendmailInstance asking ``daemon`` (stopped with the module).
-    Fails, never skips, when sendmail is not unpacked."""
-    problems = missing_requirements()
-    if problems:
-        pytest.fail("sendmail e2e requirements missing: " + "; ".join(problems), pytrace=False)
-    instances: list[SendmailInstance] = []
-
-    def make(daemon, *, ipv6: bool = False) -> SendmailInstance:
-        sm = SendmailInstance(daemon.socket, smtp_sink_session.port,
-                              ["lists.test", "elsewhere.test"], ipv6=ipv6)
-        instances.append(sm)
-        return sm.start()
-
-    yield make
-    for sm in instances:
-        sm.stop()
