@@ -29,10 +29,11 @@ run: $(STAMP)
 	exec $(VENV)/bin/listgate -c $(CONFIG) serve
 
 # The whole suite: lint, unit, protocol and end-to-end tests (real Postfix, dnsmasq,
-# and a real Mailman 3 in a venv of its own).
+# a real Mailman 3 in a venv of its own, and Debian's sendmail unpacked privately).
 test: $(STAMP)
 	scripts/install-debian-deps.sh test
 	scripts/install-mailman3.sh
+	scripts/install-sendmail.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -45,6 +46,7 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	scripts/install-debian-deps.sh test
 	scripts/install-mailman3.sh
+	scripts/install-sendmail.sh
 	$(PY) -m pytest -q tests/e2e
 
 clean:

@@ -8,6 +8,10 @@
 #     postfix        private test instances (postfix -c DIR) and smtp-sink
 #     dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
 #                    service listening on port 53; the tests run their own instances
+#     libwrap0, m4   what the private sendmail of the sendmail tests needs (its binary
+#                    links libwrap; m4 builds sendmail.cf). sendmail itself conflicts
+#                    with postfix as a package: scripts/install-sendmail.sh unpacks it
+#                    into a private directory instead
 #     (and everything `package` installs: `make test` builds and checks the .deb)
 #   scripts/install-debian-deps.sh package   what `make package` needs:
 #     dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
@@ -29,7 +33,7 @@ PACKAGING=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
            python3-setuptools lintian systemd python3-pytest)
 case "${1:-test}" in
     run) ;;
-    test) PACKAGES+=(postfix dnsmasq-base "${PACKAGING[@]}") ;;
+    test) PACKAGES+=(postfix dnsmasq-base libwrap0 m4 "${PACKAGING[@]}") ;;
     package) PACKAGES+=("${PACKAGING[@]}") ;;
     *) echo "usage: $0 run|test|package" >&2; exit 2 ;;
 esac
@@ -95,7 +99,7 @@ if [ "$postfix_installed_before" = no ] && postfix status >/dev/null 2>&1; then
 fi
 
 tools=()
-[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq)
+[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq m4)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
         log "ERROR: $tool missing after install"

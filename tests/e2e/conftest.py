@@ -24,6 +24,14 @@ directory). Fixtures:
 ``session_postfix_factory`` (session)
     the same, but instances live until the end of the session (for module- or
     session-scoped fixtures that share one instance between tests).
+``mta_factory`` (module) / ``mta`` (module)
+    ``mta_factory(daemon, ipv6=False)``: a session Postfix relaying lists.test and
+    elsewhere.test to the sink with the :class:`lgdaemon.ListgateDaemon` ``daemon`` as
+    its milter; ``mta`` is ``mta_factory(daemon)`` for the module's ``daemon`` fixture.
+    Scenarios written against these two run through sendmail too: the
+    test_sendmail_*.py modules import them and override ``mta_factory`` with:
+``sendmail_factory`` (module)
+    the same interface; the MTA is a private sendmail (see ``sendmail_mta.py``).
 
 Missing tools make every test here FAIL (never skip) with a message naming them.
 """
@@ -39,6 +47,7 @@ import pytest
 # Make `import infra` work whatever pytest's import mode (tests here do it too).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import infra
+import sendmail_mta
 from mm3_fixtures import mailman3, mm3_new_list  # noqa: F401 - fixtures for every e2e test
 
 
@@ -194,3 +203,40 @@ def session_postfix_factory(smtp_sink_session, relay_domains):
     factory = _PostfixFactory(smtp_sink_session, relay_domains)
     yield factory
     factory.close()
+
+
+@pytest.fixture(scope="module")
+def mta_factory(session_postfix_factory):
+    """``mta_factory(daemon, ipv6=False)``: a started MTA (has ``.port``) asking
+    ``daemon``; a Postfix here, sendmail where test_sendmail_*.py override it."""
+    def make(daemon, *, ipv6: bool = False) -> infra.PostfixInstance:
+        return session_postfix_factory(milter=daemon.postfix_milter, ipv6=ipv6,
+                                       relay_domains=["lists.test", "elsewhere.test"])
+    return make
+
+
+@pytest.fixture(scope="module")
+def mta(daemon, mta_factory):
+    """The module's MTA in front of the module's ``daemon`` fixture."""
+    return mta_factory(daemon)
+
+
+@pytest.fixture(scope="module")
+def sendmail_factory(smtp_sink_session):
+    """Like ``mta_factory``, but each MTA is a private sendmail (sendmail_mta.py) built
+    from README.md's sendmail lines; stopped with the module. Fails, never skips,
+    when sendmail is not unpacked."""
+    problems = sendmail_mta.missing_requirements()
+    if problems:
+        pytest.fail("sendmail e2e requirements missing: " + "; ".join(problems), pytrace=False)
+    instances: list[sendmail_mta.SendmailInstance] = []
+
+    def make(daemon, *, ipv6: bool = False) -> sendmail_mta.SendmailInstance:
+        sm = sendmail_mta.SendmailInstance(daemon.socket, smtp_sink_session.port,
+                                           ["lists.test", "elsewhere.test"], ipv6=ipv6)
+        instances.append(sm)
+        return sm.start()
+
+    yield make
+    for sm in instances:
+        sm.stop()

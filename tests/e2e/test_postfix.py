@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import os
+import re
 import shutil
 import time
 
@@ -59,12 +60,6 @@ def daemon(dns):
     d.close()
 
 
-@pytest.fixture(scope="module")
-def mta(daemon, session_postfix_factory):
-    return session_postfix_factory(milter=daemon.postfix_milter,
-                                   relay_domains=["lists.test", "elsewhere.test"])
-
-
 def send(mta, *, frm: str, mail_from: str, rcpts: list[str], helo: str = "mail.pass.test",
          source_ip: str = GOOD_IP, headers: tuple = (), subject: str = "hello"):
     msg = infra.make_message(from_=frm, to=", ".join(rcpts), subject=subject, headers=headers)
@@ -90,6 +85,17 @@ def not_delivered(sink, msg: bytes) -> bool:
     return all(m.message["Message-ID"] != mid for m in sink.messages())
 
 
+# sendmail (not Postfix) puts the address before the text of a refusal of MAIL FROM:
+# "550 5.7.1 <a@b.test>... text"; test_sendmail_e2e.py asserts that form itself.
+_SENDMAIL_ECHO = re.compile(r"^(\d{3}(?: \d\.\d{1,3}\.\d{1,3})?) <[^>]*>\.\.\. ")
+
+
+def said(reply: infra.Reply) -> str:
+    """The reply as listgate worded it: what the client reads, less sendmail's echo of
+    the address (so one assertion holds for both MTAs)."""
+    return _SENDMAIL_ECHO.sub(r"\1 ", str(reply))
+
+
 def check(daemon, r, msg, *, mail_from: str, rcpts: list[str], helo: str | None,
           source_ip: str) -> dict:
     """Run listgate check on the same transaction and assert it agrees with what
@@ -106,7 +112,7 @@ def check(daemon, r, msg, *, mail_from: str, rcpts: list[str], helo: str | None,
         assert out["action"] == "accept", out
         assert out["smtp_reply"] is None
     else:
-        assert out["smtp_reply"] == str(final).replace("\n", " "), (out, str(final))
+        assert out["smtp_reply"] == said(final).replace("\n", " "), (out, str(final))
         assert out["action"] == ("reject" if final.code >= 500 else "tempfail")
     return out
 
@@ -188,7 +194,7 @@ def test_percent_and_crlf_in_echoed_sender(daemon, mta, smtp_sink):
 def test_spf_refused_at_mail_from(daemon, mta, smtp_sink, domain, reply):
     r, msg = send(mta, frm=f"x@{domain}", mail_from=f"x@{domain}", rcpts=[LIST])
     assert r.final_stage == "mail"
-    assert str(r.mail) == reply
+    assert said(r.mail) == reply
     out = check(daemon, r, msg, mail_from=f"x@{domain}", rcpts=[LIST], helo="mail.pass.test",
                 source_ip=GOOD_IP)
     assert out["stage"] == "mail"
@@ -208,7 +214,7 @@ def test_spf_softfail_and_none_accepted_with_header(daemon, mta, smtp_sink, doma
 def test_numeric_helo_rejected(daemon, mta, smtp_sink):
     r, msg = send(mta, frm=MEMBER, mail_from="bounce@pass.test", rcpts=[LIST],
                   helo="127.0.0.2")
-    assert str(r.mail) == "550 5.7.1 HELO name cannot be a bare IP address; use a host name"
+    assert said(r.mail) == "550 5.7.1 HELO name cannot be a bare IP address; use a host name"
     out = check(daemon, r, msg, mail_from="bounce@pass.test", rcpts=[LIST], helo="127.0.0.2",
                 source_ip=GOOD_IP)
     assert out["stage"] == "helo"
@@ -218,7 +224,7 @@ def test_no_helo_rejected_at_mail(daemon, mta, smtp_sink):
     msg = infra.make_message(from_=MEMBER, to=LIST)
     r = infra.smtp_transaction("127.0.0.1", mta.port, mail_from="bounce@pass.test", rcpts=[LIST],
                                message=msg, source_ip=GOOD_IP, skip_helo=True)
-    assert str(r.mail) == "550 5.7.1 Say HELO or EHLO first"
+    assert said(r.mail) == "550 5.7.1 Say HELO or EHLO first"
     check(daemon, r, msg, mail_from="bounce@pass.test", rcpts=[LIST], helo=None,
           source_ip=GOOD_IP)
 
@@ -284,9 +290,9 @@ def test_membership_change_seen_without_restart(daemon, mta, smtp_sink):
     assert r.data.code == 250
 
 
-def test_ipv6_client_and_ipv6_helo(daemon, session_postfix_factory, smtp_sink):
+def test_ipv6_client_and_ipv6_helo(daemon, mta_factory, smtp_sink):
     """A real IPv6 conversation over ::1: classified INTERNAL by default (loopback)."""
-    mta6 = session_postfix_factory(milter=daemon.postfix_milter, ipv6=True)
+    mta6 = mta_factory(daemon, ipv6=True)
     mark = daemon.log_size()
     msg = infra.make_message(from_="stranger@y.test", to=LIST)
     r = infra.smtp_transaction("::1", mta6.port, mail_from="stranger@y.test", rcpts=[LIST],
@@ -296,10 +302,10 @@ def test_ipv6_client_and_ipv6_helo(daemon, session_postfix_factory, smtp_sink):
     assert "at ::1 EXTERNAL DYN" in daemon.log_text(mark)
 
 
-def test_inet_socket_and_observe_mode(dns, session_postfix_factory, smtp_sink):
+def test_inet_socket_and_observe_mode(dns, mta_factory, smtp_sink):
     d = _daemon(dns, transport="inet", config="[milter]\nmode = observe\n")
     try:
-        mta = session_postfix_factory(milter=d.postfix_milter)
+        mta = mta_factory(d)
         mark = d.log_size()
         r, msg = send(mta, frm="stranger@y.test", mail_from="x@fail.test", rcpts=[LIST, OTHER],
                       source_ip=BAD_IP, helo="host.y.test")
@@ -322,7 +328,8 @@ def test_inet_socket_and_observe_mode(dns, session_postfix_factory, smtp_sink):
 def test_helo_whose_spf_fails_is_refused(daemon, mta, smtp_sink):
     r, msg = send(mta, frm=MEMBER, mail_from="bounce@pass.test", rcpts=[LIST],
                   helo="forged-helo.test")
-    assert str(r.mail) == "550 5.7.23 SPF fail for HELO forged-helo.test: SPF fail - not authorized"
+    assert said(r.mail) == ("550 5.7.23 SPF fail for HELO forged-helo.test: "
+                            "SPF fail - not authorized")
     out = check(daemon, r, msg, mail_from="bounce@pass.test", rcpts=[LIST],
                 helo="forged-helo.test", source_ip=GOOD_IP)
     assert out["stage"] == "mail"
