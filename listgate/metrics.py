@@ -23,6 +23,7 @@ from what a client typed, so a client cannot make new series.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -34,6 +35,9 @@ from listgate.engine import Engine
 from listgate.logparse import dkim_result, parse_message, spf_result, verdict
 
 #: seconds; backend lookups are milliseconds (SQLite) to seconds (Mailman's REST API)
+#: what a line must contain to be worth parsing (verdicts, SPF, DKIM, internal errors)
+_INTERESTING = re.compile(r"ACCEPT: |REJECT: |TEMPFAIL: |DEFER: |OBSERVE: would |[]:] (?:SPF|DKIM) "
+                          r"|internal error")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
@@ -107,6 +111,8 @@ class Metrics:
 
     def observe_message(self, message: str, created: float, level: str) -> None:
         """Count what one log record says (a verdict, an SPF or DKIM result)."""
+        if not _INTERESTING.search(message):
+            return  # connect, hello, mail from, rcpt to...: most lines, skipped cheaply
         line = parse_message(message, datetime.fromtimestamp(created), level)
         if line.conn is None:
             return

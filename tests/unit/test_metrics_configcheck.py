@@ -57,7 +57,8 @@ def test_verdict_and_spf_counters_from_log_messages() -> None:
         "senders=s@y.test: nonmember (550 5.7.1 no)",
         "[3] 9B7: REJECT: list=dev@lists.test verdict=hold(nonmember) rule=nonmember-moderation "
         "senders=t@y.test: nonmember (550 5.7.1 no)",
-        "[4] DKIM fail d=x.test s=sel: bad signature",
+        "[4] 8A1B01602E9: DKIM fail d=x.test s=sel: bad signature",
+        "[4] 8A1B01602E9: SPF softfail identity=helo: x",
         "stats: list cache 1 hits/2 misses",  # daemon-wide: no event
         "[5] hello from mail.test",
     ]:
@@ -70,6 +71,7 @@ def test_verdict_and_spf_counters_from_log_messages() -> None:
     assert sample(m, "listgate_verdicts_total", outcome="rejected",
                   reason="hold(nonmember)") == 2
     assert sample(m, "listgate_dkim_results_total", result="fail") == 1
+    assert sample(m, "listgate_spf_results_total", result="softfail", identity="helo") == 1
     # no sender, IP or list in any label: bounded cardinality
     text = generate_latest(m.registry).decode()
     assert "s@y.test" not in text and "dev@lists.test" not in text
