@@ -41,7 +41,12 @@ _OBSERVE = re.compile(r"OBSERVE: would (?P<action>REJECT|TEMPFAIL)(?: at (?P<sta
                       r"(?P<rest>.*)")
 #: the reply given, in parentheses at the end (its text may itself hold parentheses)
 _REPLY = re.compile(r" \((?P<reply>[245]\d\d [245]\.\d{1,3}\.\d{1,3} )")
-_LIST = re.compile(r"\blist=(?P<list>[^\s;:,]+)")
+#: where the engine writes a list name: at the start (``list=X ...``), after another
+#: list's summary (``; list=X verdict=``), or after a recipient (greedy: the last
+#: ``> list=``, as the recipient itself is the client's text)
+_LIST_FIRST = re.compile(r"list=(?P<list>[^\s;:,]+)")
+_LIST_MORE = re.compile(r"; list=(?P<list>[^\s;:,]+) verdict=")
+_LIST_RCPT = re.compile(r"rcpt to <.*> list=(?P<list>[^\s;:,>]+)(?::|$)")
 _SUMMARY = re.compile(r"list=(?P<list>\S+) verdict=(?P<verdict>\w+(?:\(\w+\))?) "
                       r"rule=(?P<rule>[\w-]+) senders=(?P<senders>\S*?):")
 _SPF = re.compile(r"SPF (?P<result>[a-z]+) identity=(?P<identity>[a-z]+)")
@@ -201,12 +206,24 @@ def verdict(line: Line, ip: str | None = None, mail_from: str | None = None) -> 
         reason = summary.group("rule")
     else:
         reason = normalize_reason(body)
-    lists = tuple(dict.fromkeys(x.group("list") for x in _LIST.finditer(body)))
+    lists = _lists(body)
     sender = mail_from
     if summary and summary.group("senders") not in ("", "-"):
         sender = summary.group("senders").split(",")[0]
     return Event(line.when, outcome, reason, lists=lists, sender=sender, ip=ip, reply=reply,
                  text=body)
+
+
+def _lists(body: str) -> tuple[str, ...]:
+    """The lists a verdict's text names, read only where the engine writes them."""
+    m = _LIST_RCPT.match(body)
+    if m:
+        return (m.group("list"),)
+    m = _LIST_FIRST.match(body)
+    if not m:
+        return ()
+    more = (x.group("list") for x in _LIST_MORE.finditer(body))
+    return tuple(dict.fromkeys((m.group("list"), *more)))
 
 
 def spf_result(line: Line) -> tuple[str, str] | None:

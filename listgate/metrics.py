@@ -78,6 +78,8 @@ class Metrics:
         info.info({"version": __version__})
         pc.ProcessCollector(registry=self.registry)
         self.engine: Engine | None = None
+        #: list names the backend returned (see TimedBackend): the only list labels
+        self.known_lists: set[str] = set()
         self.registry.register(self)  # the cache counters, read at scrape time
 
     # -- a custom collector: cache counters --------------------------------------------
@@ -132,7 +134,10 @@ class Metrics:
             return
         if self.list_label:
             for name in event.lists or ("",):
-                self.verdicts.labels(event.outcome, event.reason, name).inc()
+                # only names the backend itself returned: a client's text never
+                # becomes a label value, whatever it smuggles into a log line
+                label = name if name in self.known_lists else ""
+                self.verdicts.labels(event.outcome, event.reason, label).inc()
         else:
             self.verdicts.labels(event.outcome, event.reason).inc()
 
@@ -154,11 +159,13 @@ class LogFilter(logging.Filter):
 
 
 class TimedBackend:
-    """A backend proxy that times find_list and list_facts into the histogram."""
+    """A backend proxy that times find_list and list_facts into the histogram, and
+    notes the list names find_list returns (``known``: bounded by the backend's lists)."""
 
-    def __init__(self, backend: Any, histogram: Any) -> None:
+    def __init__(self, backend: Any, histogram: Any, known: set[str] | None = None) -> None:
         self._backend = backend
         self._histogram = histogram
+        self._known = known if known is not None else set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
@@ -174,7 +181,10 @@ class TimedBackend:
             self._histogram.labels(op, outcome).observe(time.perf_counter() - start)
 
     def find_list(self, address: str) -> str | None:
-        return self._timed("find_list", self._backend.find_list, address)
+        found = self._timed("find_list", self._backend.find_list, address)
+        if found is not None:
+            self._known.add(found)
+        return found
 
     def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "") -> Any:
         return self._timed("list_facts", self._backend.list_facts, list_address, senders,
@@ -190,7 +200,8 @@ def install(cfg: Config, engine: Engine, log: logging.Logger) -> Metrics:
     """Attach the metrics to ``engine`` and ``log`` (no HTTP server: see :func:`start`)."""
     m = Metrics(list_label=cfg.metrics.list_label)
     m.engine = engine
-    engine.lookups.backend = TimedBackend(engine.lookups.backend, m.backend_seconds)
+    engine.lookups.backend = TimedBackend(engine.lookups.backend, m.backend_seconds,
+                                          m.known_lists)
     log.addFilter(LogFilter(m))
     if log.getEffectiveLevel() > logging.INFO:
         # verdicts are logged at INFO: let them reach the filter, and keep the log

@@ -155,7 +155,8 @@ class Report:
         self.networks: Counter[str] = Counter()
         self.first: datetime | None = None
         self.last: datetime | None = None
-        self.events: list[Event] = []  #: refusals kept for the chart
+        #: rejections per hour and reason, for the chart (not the events: logs are big)
+        self.hourly: dict[datetime, Counter[str]] = {}
 
     def add(self, e: Event) -> None:
         self.total[e.outcome] += 1
@@ -169,7 +170,8 @@ class Report:
             self.senders[e.sender if e.sender else "<>"] += 1
             net = network_of(e.ip, self.v6_prefix)
             self.networks[net or "local"] += 1
-            self.events.append(e)
+            hour = e.when.replace(minute=0, second=0, microsecond=0)
+            self.hourly.setdefault(hour, Counter())[e.reason] += 1
 
     def _counts(self, c: Counter[str]) -> dict[str, int]:
         return {o: c.get(o, 0) for o in OUTCOMES}
@@ -228,10 +230,7 @@ def draw_chart(report: Report, path: str) -> None:
     except ImportError:
         raise RuntimeError("--chart needs matplotlib: pip install 'listgate[chart]' "
                            "(or Debian's python3-matplotlib)") from None
-    hours: dict[datetime, Counter[str]] = {}
-    for e in report.events:
-        hours.setdefault(e.when.replace(minute=0, second=0, microsecond=0), Counter())[
-            e.reason] += 1
+    hours = report.hourly
     reasons = [r for r, _n in Counter(
         {r: n for c in hours.values() for r, n in c.items()}).most_common()]
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -245,7 +244,7 @@ def draw_chart(report: Report, path: str) -> None:
         ax.set_title("listgate: rejections per hour by reason")
         ax.set_ylabel("rejections")
         if reasons:
-            ax.legend(loc="upper left", fontsize="small")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
         else:
             ax.text(0.5, 0.5, "no rejections in this period", ha="center",
                     transform=ax.transAxes)

@@ -79,6 +79,7 @@ def test_verdict_and_spf_counters_from_log_messages() -> None:
 
 def test_list_label_is_optional() -> None:
     m = Metrics(list_label=True)
+    m.known_lists.add("dev@lists.test")  # what TimedBackend notes from find_list
     m.observe_message("[3] REJECT: list=dev@lists.test verdict=reject rule=nonmember-moderation "
                       "senders=s@y.test: r (550 5.7.1 no)", 0.0, "INFO")
     m.observe_message("[4] REJECT: SPF fail (550 5.7.23 no)", 0.0, "INFO")
@@ -86,6 +87,16 @@ def test_list_label_is_optional() -> None:
                   list="dev@lists.test") == 1
     assert sample(m, "listgate_verdicts_total", outcome="rejected", reason="SPF fail",
                   list="") == 1
+    # a client's recipient text shaped like a list name never becomes a label
+    m.observe_message("[5] DEFER: rcpt to <a> list=evil@x.test> list=dev@lists.test: one list "
+                      "post per transaction (452 4.5.3 x)", 0.0, "INFO")
+    m.observe_message("[6] DEFER: rcpt to <x> list=evil@x.test>: one list post per "
+                      "transaction (452 4.5.3 x)", 0.0, "INFO")
+    assert sample(m, "listgate_verdicts_total", outcome="deferred",
+                  reason="one list per transaction", list="dev@lists.test") == 1
+    assert sample(m, "listgate_verdicts_total", outcome="deferred",
+                  reason="one list per transaction", list="") == 1
+    assert "evil" not in generate_latest(m.registry).decode()
 
 
 class FlakyBackend:
@@ -140,6 +151,18 @@ def test_install_counts_through_the_logger_and_keeps_the_log_level(tmp_path: Pat
     handler.flush()
     assert stream.read_text() == ""  # the log stays at warning
     engine.backend.close()
+
+
+def test_metrics_off_costs_nothing_not_even_an_import() -> None:
+    """The daemon imports neither listgate.metrics nor prometheus_client: the only
+    hook is an `if cfg.metrics.listen:` in serve()."""
+    import subprocess
+
+    code = ("import sys, listgate.daemon, listgate.cli; "
+            "print(sorted(m for m in sys.modules if 'prometheus' in m or m == 'listgate.metrics'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_missing_prometheus_client_is_a_config_error(monkeypatch) -> None:
