@@ -220,3 +220,32 @@ def test_config_check_lists_and_unknown_sections(tmp_path: Path, capsys) -> None
         "550 5.7.1 board@lists.test accepts posts from inside lists.test only")
     assert r["warnings"] == [
         "[list:gone@lists.test]: the backend has no such list; the section has no effect"]
+
+
+def test_start_serves_and_a_busy_port_only_logs(tmp_path: Path, caplog) -> None:
+    import socket
+    import urllib.request
+
+    from listgate.metrics import start
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = config.parse(f"[sqlite]\npath = {tmp_path}/db\n[metrics]\n"
+                           f"listen = 127.0.0.1:{port}\n")
+        log = logging.getLogger("listgate.test-start")
+        engine = Engine(cfg, open_backend(cfg), None, lambda _h, _i: False, log)
+        with caplog.at_level(logging.INFO, logger="listgate.test-start"):
+            assert start(cfg, engine, log) is not None
+        assert f"metrics: cannot listen on 127.0.0.1:{port}" in caplog.text
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config.parse(f"[sqlite]\npath = {tmp_path}/db\n[metrics]\nlisten = 127.0.0.1:{port}\n")
+    engine = Engine(cfg, open_backend(cfg), None, lambda _h, _i: False, log)
+    start(cfg, engine, log)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'listgate_cache_misses_total{cache="list"} 0.0' in text
+    assert "listgate_info{version=" in text
