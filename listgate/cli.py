@@ -27,10 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", parents=[parent], help="run the milter daemon")
     serve.set_defaults(func=_serve)
-    from listgate import admin, check
+    from listgate import admin, check, configcheck, report
 
     check.register(sub, parent)
     admin.register(sub, parent)
+    report.register(sub, parent)
+    configcheck.register(sub, parent)
     return parser
 
 
@@ -46,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    # a command may do without the config (`report LOGFILE...`): needs_config(args)
+    needs_config = getattr(args, "needs_config", None)
     try:
-        cfg = load(args.config)
+        cfg = load(args.config) if needs_config is None or needs_config(args) else None
         return args.func(args, cfg)
     except ConfigError as e:
         # also raised while building the backend (e.g. a world-readable password file)

@@ -150,6 +150,25 @@ def _nameservers(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def _listen(raw: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` to serve metrics on; empty = off (None)."""
+    v = raw.strip()
+    if not v:
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([A-Za-z0-9_.-]+):(\d+)", v)
+    if not m:
+        raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {v!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if m.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} out of range")
+    return host, int(port)
+
+
 def _optional_seconds(raw: str) -> float | None:
     """Seconds, or empty for "inherit" (None)."""
     return _seconds(raw) if raw.strip() else None
@@ -267,6 +286,10 @@ SCHEMA: dict[str, dict[str, Opt]] = {
     "sqlite": {
         "path": Opt("/var/lib/listgate/listgate.db", _str),
         "busy_timeout": Opt("2", _seconds),
+    },
+    "metrics": {
+        "listen": Opt("", _listen),
+        "list_label": Opt("no", parse_bool),
     },
 }
 

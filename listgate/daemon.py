@@ -118,6 +118,10 @@ def serve(cfg: Config) -> int:
     setup_logging(cfg)
     engine = build_engine(cfg, log)
     log_stats_on_sigusr1(engine)
+    if cfg.metrics.listen:  # [metrics]: imported only when on, so free when off
+        from listgate import metrics
+
+        metrics.start(cfg, engine, log)  # after the signal mask: its thread inherits it
     try:
         engine.backend.find_list("postmaster@listgate.invalid")
     except BackendError as e:

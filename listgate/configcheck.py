@@ -1,0 +1,227 @@
+"""``listgate config check``: is this config ready for production, and what will it do?
+
+Start-up only proves that the file parses.  Before a restart an admin also wants to
+know that the backend answers, that the configured DNS resolves (SPF depends on it:
+without DNS every external post is a temperror), and what listgate will answer for
+each list the backend knows -- including ``[list:...]`` sections that name a list
+the backend does not know, which silently do nothing.
+
+Exit status: 0 ready (warnings allowed), 1 the backend or DNS does not answer,
+2 the config is invalid (the same errors as start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from typing import Any
+
+from listgate import addresses
+from listgate.config import Config
+from listgate.engine import Engine
+from listgate.model import Backend, BackendError, ListFacts, Mailman2Facts, owner_of
+from listgate.verdict import list_verdict
+
+#: an address no list has: asking for it proves the backend answers
+PROBE_ADDRESS = "postmaster@listgate.invalid"
+#: the sender of the imagined nonmember post whose fate is shown per list
+PROBE_SENDER = "nonmember@listgate.invalid"
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def check_backend(backend: Backend) -> dict[str, Any]:
+    """One list lookup and the list of lists: reachable or the error."""
+    start = time.perf_counter()
+    try:
+        backend.find_list(PROBE_ADDRESS)
+        lists = backend.lists()
+    except BackendError as e:
+        return {"name": backend.name, "ok": False, "error": str(e)}
+    return {"name": backend.name, "ok": True, "ms": _ms(time.perf_counter() - start),
+            "lists": lists}
+
+
+def default_test_name(lists: list[str]) -> str:
+    """A name worth resolving: the first list's domain (its SPF/MX are what senders
+    see), else this host's name."""
+    return addresses.domain_of(lists[0]) if lists else socket.getfqdn()
+
+
+def check_dns(cfg: Config, name: str) -> dict[str, Any]:
+    """Resolve ``name`` (TXT, as SPF does) through the configured name servers.
+
+    NXDOMAIN or no TXT record is a fine answer: the server replied.  A timeout or no
+    reachable server is the error every SPF check would then end in.
+    """
+    import dns.exception
+    import dns.resolver
+
+    from listgate.spfcheck import configure_dns
+
+    configure_dns(cfg.dns.nameservers, cfg.dns.timeout)
+    res = dns.resolver.get_default_resolver()
+    servers = ([f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in cfg.dns.nameservers]
+               or [f"{ns} (resolv.conf)" for ns in res.nameservers])
+    out: dict[str, Any] = {"name": name, "type": "TXT", "nameservers": servers,
+                           "timeout": cfg.dns.timeout}
+    start = time.perf_counter()
+    try:
+        answer = res.resolve(name, "TXT", search=False)
+        out.update(ok=True, answer=[b"".join(r.strings).decode("utf-8", "replace")
+                                    for r in answer])
+    except dns.resolver.NXDOMAIN:
+        out.update(ok=True, answer="NXDOMAIN")
+    except dns.resolver.NoAnswer:
+        out.update(ok=True, answer="no TXT record")
+    except dns.exception.DNSException as e:
+        out.update(ok=False, error=f"{type(e).__name__}: {e}")
+    out["ms"] = _ms(time.perf_counter() - start)
+    return out
+
+
+def describe_list(engine: Engine, backend: Backend, address: str) -> dict[str, Any]:
+    """What listgate does with posts to ``address``: the config's mapping for this
+    list and the answer a nonmember's post would get."""
+    cfg = engine.cfg
+    out: dict[str, Any] = {
+        "list": address,
+        "internal_only": engine.is_internal_only(address),
+        "require_authenticated_sender": engine.auth_mode(address),
+        "nonmember_hold_action": cfg.for_list(address, "nonmember_hold_action"),
+        "member_hold_action": cfg.for_list(address, "member_hold_action"),
+        "reject_message": cfg.for_list(address, "reject_message") % {
+            "list": address, "owner": owner_of(address), "sender": "SENDER"},
+        "overrides": sorted(cfg.list_overrides.get(address, {})),
+    }
+    if out["internal_only"]:
+        out["external_post"] = str(engine.internal_only_reply(address))
+    try:
+        facts = backend.list_facts(address, (PROBE_SENDER,), PROBE_SENDER)
+    except BackendError as e:
+        out["error"] = str(e)
+        return out
+    if isinstance(facts, ListFacts):
+        p = facts.policy
+        out["policy"] = {"default_member_action": p.default_member_action,
+                         "default_nonmember_action": p.default_nonmember_action,
+                         "emergency": p.emergency}
+    elif isinstance(facts, Mailman2Facts):
+        out["policy"] = {"generic_nonmember_action": facts.generic_nonmember_action,
+                         "member_moderation_action": facts.member_moderation_action,
+                         "emergency": facts.emergency}
+    verdict = list_verdict(facts)
+    # the daemon's own mapping from list verdict to SMTP answer
+    decision = engine.session("config-check")._map_verdict(address, verdict, (PROBE_SENDER,))
+    kind = f"({verdict.hold_kind})" if verdict.hold_kind else ""
+    out["nonmember_post"] = {"list_verdict": f"{verdict.action}{kind}",
+                             "reasons": list(verdict.reasons),
+                             "answer": str(decision.reply) if decision.reply else "accept"}
+    return out
+
+
+def run_checks(cfg: Config, backend: Backend, resolve: str | None) -> dict[str, Any]:
+    """Every check; ``ok`` is False if the backend or DNS failed."""
+    engine = Engine(cfg, backend, None, lambda _host, _ip: False)
+    result: dict[str, Any] = {"config": cfg.path, "mode": cfg.milter.mode, "warnings": []}
+    b = check_backend(backend)
+    result["backend"] = {k: v for k, v in b.items() if k != "lists"}
+    lists: list[str] = b.get("lists", [])
+    result["dns"] = check_dns(cfg, resolve or default_test_name(lists))
+    result["lists"] = [describe_list(engine, backend, a) for a in lists]
+    if b["ok"]:
+        for address in sorted(cfg.list_overrides):
+            try:
+                known = backend.find_list(address)
+            except BackendError:
+                known = None
+            if known is None:
+                result["warnings"].append(
+                    f"[list:{address}]: the backend has no such list; the section has no effect")
+    result["ok"] = bool(b["ok"] and result["dns"]["ok"])
+    return result
+
+
+def as_text(r: dict[str, Any]) -> str:
+    lines = [f"config {r['config']}: valid (mode {r['mode']})"]
+    b = r["backend"]
+    if b["ok"]:
+        lines.append(f"backend {b['name']}: answers ({b['ms']} ms), {len(r['lists'])} list(s)")
+    else:
+        lines.append(f"backend {b['name']}: ERROR {b['error']}")
+    d = r["dns"]
+    where = ", ".join(d["nameservers"]) or "none"
+    if d["ok"]:
+        answer = d["answer"] if isinstance(d["answer"], str) else "; ".join(
+            repr(a) for a in d["answer"]) or "empty"
+        lines.append(f"dns via {where}: {d['name']} TXT -> {answer} ({d['ms']} ms)")
+    else:
+        lines.append(f"dns via {where}: {d['name']} TXT: ERROR {d['error']} ({d['ms']} ms)")
+    for li in r["lists"]:
+        lines.append("")
+        lines.append(li["list"])
+        if li["internal_only"]:
+            lines.append(f"  internal-only: posts from outside get {li['external_post']}")
+        else:
+            lines.append("  internal-only: no")
+        lines.append(f"  require_authenticated_sender: {li['require_authenticated_sender']}")
+        lines.append(f"  nonmember hold -> {li['nonmember_hold_action']}, "
+                     f"member hold -> {li['member_hold_action']}")
+        lines.append(f"  reject message: {li['reject_message']}")
+        if "policy" in li:
+            lines.append("  list policy: " + ", ".join(f"{k} {v}" for k, v in
+                                                        li["policy"].items()))
+        if "nonmember_post" in li:
+            n = li["nonmember_post"]
+            lines.append(f"  a nonmember's post: list says {n['list_verdict']} -> "
+                         f"{n['answer']}")
+        if "error" in li:
+            lines.append(f"  ERROR {li['error']}")
+        if li["overrides"]:
+            lines.append(f"  from [list:{li['list']}]: {', '.join(li['overrides'])}")
+    for w in r["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("config", help="configuration tools (config check)")
+    sub = p.add_subparsers(dest="config_command", metavar="COMMAND")
+    c = sub.add_parser(
+        "check", parents=[parent],
+        help="validate the config, reach the backend and DNS, show what each list gets",
+        description="Validate the config (exit 2 on the errors start-up would give), look "
+                    "up a list in the backend and resolve a name through [dns] (exit 1 if "
+                    "either fails), and print what listgate will do with each list.")
+    c.add_argument("--resolve", metavar="NAME",
+                   help="the name to look up (TXT); default: the first list's domain")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=run, needs_config=None)
+    p.set_defaults(func=lambda _args, _cfg: (p.print_help(sys.stderr), 2)[1],
+                   needs_config=lambda _args: False)
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    from listgate.backends import open_backend
+
+    backend = open_backend(cfg)
+    try:
+        result = run_checks(cfg, backend, args.resolve)
+    finally:
+        backend.close()
+    if args.json:
+        json.dump(result, sys.stdout, ensure_ascii=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(as_text(result))
+    if not result["ok"]:
+        failed = [what for what in ("backend", "dns") if not result[what]["ok"]]
+        print(f"listgate config check: {' and '.join(failed)} not usable; see above",
+              file=sys.stderr)
+        return 1
+    return 0
