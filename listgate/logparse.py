@@ -9,12 +9,16 @@ foreign or undecodable line is simply "not an event".
 A line is ``DATE TIME LEVEL [conn] QID: message`` (the queue id only once Postfix
 assigned one).  The events that matter:
 
-- ``connect from HOST at IP CLASS`` and ``mail from <ADDR>``: remembered per connection;
 - ``ACCEPT: list=... verdict=... rule=... senders=...: reasons`` (or ``no list recipient``);
 - ``REJECT: reasons (550 ...)``, ``TEMPFAIL: ... (451 ...)``, ``DEFER: ... (452 ...)``;
 - ``OBSERVE: would REJECT ...`` (observe mode: logged, not done);
-- ``SPF RESULT identity=...``, ``DKIM RESULT d=...``;
 - ``listgate VERSION starting:``: connection ids start again at 1 after it.
+
+Every verdict line ends with who was talking (:meth:`listgate.engine.Session.context`):
+``; client=NAME[IP] class=EXTERNAL,DYN helo=<NAME> from=<SENDER> spf=RESULT``.  Logs
+from before that suffix existed (and ``log_level = debug`` logs) also have
+``connect from HOST at IP CLASS`` and ``mail from <ADDR>`` lines, remembered per
+connection; ``SPF RESULT identity=...`` and ``DKIM RESULT d=...`` are debug lines.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ _SUMMARY = re.compile(r"list=(?P<list>\S+) verdict=(?P<verdict>\w+(?:\(\w+\))?) 
 _SPF = re.compile(r"SPF (?P<result>[a-z]+) identity=(?P<identity>[a-z]+)")
 _DKIM = re.compile(r"DKIM (?P<result>[a-z]+) d=")
 _STARTING = re.compile(r"listgate \S+ starting:")
+#: the verdict line's suffix: who was talking (engine.Session.context)
+_CONTEXT = re.compile(r"; client=(?P<host>.*)\[(?P<ip>[^\]]*)\] class=(?P<cls>\S+) "
+                      r"helo=<(?P<helo>.*)> from=<(?P<from>.*)>(?: auth=(?P<auth>.*))? "
+                      r"spf=(?P<spf>[a-z]+|-)$")
 _INTERNAL_ERROR = re.compile(r"internal error in (?P<stage>envfrom|envrcpt|eom)\b"
                              r"|refusing after an earlier internal error")
 
@@ -139,6 +147,8 @@ class Event:
     ip: str | None = None
     reply: str | None = None
     text: str = ""  #: the full reasons, for a reader who wants the detail
+    spf: str | None = None  #: the transaction's SPF result (None: not checked or not known)
+    spf_identity: str = "mailfrom"  #: "helo" for a null sender
 
 
 @dataclass
@@ -195,6 +205,13 @@ def verdict(line: Line, ip: str | None = None, mail_from: str | None = None) -> 
                          reply="451 4.3.0", text=rest)
         else:
             return None
+    spf = None
+    ctx = _CONTEXT.search(body)
+    if ctx:
+        body = body[: ctx.start()]
+        ip = None if ctx.group("ip") == "local" else ctx.group("ip")
+        mail_from = ctx.group("from")
+        spf = None if ctx.group("spf") == "-" else ctx.group("spf")
     reply = None
     starts = list(_REPLY.finditer(body)) if body.endswith(")") else []
     if starts:
@@ -211,7 +228,7 @@ def verdict(line: Line, ip: str | None = None, mail_from: str | None = None) -> 
     if summary and summary.group("senders") not in ("", "-"):
         sender = summary.group("senders").split(",")[0]
     return Event(line.when, outcome, reason, lists=lists, sender=sender, ip=ip, reply=reply,
-                 text=body)
+                 text=body, spf=spf, spf_identity="mailfrom" if mail_from else "helo")
 
 
 def _lists(body: str) -> tuple[str, ...]:
@@ -224,15 +241,3 @@ def _lists(body: str) -> tuple[str, ...]:
         return ()
     more = (x.group("list") for x in _LIST_MORE.finditer(body))
     return tuple(dict.fromkeys((m.group("list"), *more)))
-
-
-def spf_result(line: Line) -> tuple[str, str] | None:
-    """(result, identity) of an ``SPF ...`` line."""
-    m = _SPF.match(line.rest)
-    return (m.group("result"), m.group("identity")) if m else None
-
-
-def dkim_result(line: Line) -> str | None:
-    """The result of a ``DKIM ...`` line."""
-    m = _DKIM.match(line.rest)
-    return m.group("result") if m else None

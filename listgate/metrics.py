@@ -4,7 +4,7 @@ Nothing here is imported unless ``[metrics] listen`` is set: the daemon's one ho
 is ``if cfg.metrics.listen: metrics.start(...)``, so the hot path pays nothing at all
 when metrics are off.  When on, the counters come from where the facts already are:
 
-- **verdicts** and **SPF/DKIM results**: a filter on the ``listgate`` logger reads
+- **verdicts** and **SPF results**: a filter on the ``listgate`` logger reads
   each record with :mod:`listgate.logparse` -- the same reading ``listgate report``
   does, so the two always agree, and the engine needs no second set of hooks.  A
   logger filter (not a handler) survives the daemon replacing its log handler.
@@ -32,12 +32,12 @@ from typing import Any
 from listgate import __version__
 from listgate.config import Config, ConfigError
 from listgate.engine import Engine
-from listgate.logparse import dkim_result, parse_message, spf_result, verdict
+from listgate.logparse import parse_message, verdict
 
 #: seconds; backend lookups are milliseconds (SQLite) to seconds (Mailman's REST API)
-#: what a line must contain to be worth parsing (verdicts, SPF, DKIM, internal errors)
-_INTERESTING = re.compile(r"ACCEPT: |REJECT: |TEMPFAIL: |DEFER: |OBSERVE: would |[]:] (?:SPF|DKIM) "
-                          r"|internal error")
+#: what a line must contain to be worth parsing (verdicts, internal errors); the SPF
+#: result is read from the verdict line, whose suffix carries it
+_INTERESTING = re.compile(r"ACCEPT: |REJECT: |TEMPFAIL: |DEFER: |OBSERVE: would |internal error")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
@@ -69,8 +69,6 @@ class Metrics:
             labels, registry=self.registry)
         self.spf = pc.Counter("listgate_spf_results", "SPF results (temperror = DNS trouble)",
                               ["result", "identity"], registry=self.registry)
-        self.dkim = pc.Counter("listgate_dkim_results", "DKIM signature results",
-                               ["result"], registry=self.registry)
         self.backend_seconds = pc.Histogram(
             "listgate_backend_seconds", "Backend lookups (cache misses) by operation and outcome",
             ["op", "outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -112,26 +110,18 @@ class Metrics:
     # -- fed from the log --------------------------------------------------------------
 
     def observe_message(self, message: str, created: float, level: str) -> None:
-        """Count what one log record says (a verdict, an SPF or DKIM result)."""
+        """Count what one verdict line says: the answer, and the SPF result."""
         if not _INTERESTING.search(message):
             return  # connect, hello, mail from, rcpt to...: most lines, skipped cheaply
         line = parse_message(message, datetime.fromtimestamp(created), level)
         if line.conn is None:
             return
-        rest = line.rest
-        if rest.startswith("SPF "):
-            spf = spf_result(line)
-            if spf:
-                self.spf.labels(*spf).inc()
-            return
-        if rest.startswith("DKIM "):
-            dkim = dkim_result(line)
-            if dkim:
-                self.dkim.labels(dkim).inc()
-            return
         event = verdict(line)
         if event is None:
             return
+        if event.spf:
+            # the verdict line carries the transaction's SPF result
+            self.spf.labels(event.spf, event.spf_identity).inc()
         if self.list_label:
             for name in event.lists or ("",):
                 # only names the backend itself returned: a client's text never

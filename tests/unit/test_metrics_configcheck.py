@@ -45,33 +45,41 @@ def sample(m: Metrics, name: str, **labels: str) -> float | None:
     return m.registry.get_sample_value(name, labels)
 
 
+CTX = "; client=mail.test[192.0.2.1] class=EXTERNAL helo=<mail.test> from=<a@b.test> spf="
+
+
 def test_verdict_and_spf_counters_from_log_messages() -> None:
     m = Metrics()
     for msg in [
-        "[1] SPF temperror identity=mailfrom: DNS timeout",
-        "[1] TEMPFAIL: SPF temperror (451 4.7.24 SPF temperror for a@b.test: x; try again later)",
+        "[1] SPF temperror identity=mailfrom: DNS timeout",  # debug detail: not counted
+        "[1] TEMPFAIL: SPF temperror (451 4.7.24 SPF temperror for a@b.test: x; try again "
+        "later)" + CTX + "temperror",
         "[2] SPF pass identity=mailfrom: ok",
         "[2] 9B5: ACCEPT: list=dev@lists.test verdict=accept rule=member-moderation "
-        "senders=m@pass.test: member",
+        "senders=m@pass.test: member" + CTX + "pass",
         "[3] 9B6: REJECT: list=dev@lists.test verdict=hold(nonmember) rule=nonmember-moderation "
-        "senders=s@y.test: nonmember (550 5.7.1 no)",
+        "senders=s@y.test: nonmember (550 5.7.1 no)" + CTX + "pass",
         "[3] 9B7: REJECT: list=dev@lists.test verdict=hold(nonmember) rule=nonmember-moderation "
-        "senders=t@y.test: nonmember (550 5.7.1 no)",
-        "[4] 8A1B01602E9: DKIM fail d=x.test s=sel: bad signature",
-        "[4] 8A1B01602E9: SPF softfail identity=helo: x",
+        "senders=t@y.test: nonmember (550 5.7.1 no)" + CTX + "softfail",
+        "[4] ACCEPT: no list recipient; client=x[192.0.2.2] class=EXTERNAL helo=<x> from=<> "
+        "spf=none",
+        "[5] ACCEPT: no list recipient; client=localhost[local] class=INTERNAL helo=<x> "
+        "from=<a@b.test> spf=-",
         "stats: list cache 1 hits/2 misses",  # daemon-wide: no event
         "[5] hello from mail.test",
     ]:
         m.observe_message(msg, 0.0, "INFO")
     assert sample(m, "listgate_spf_results_total", result="temperror",
                   identity="mailfrom") == 1
+    assert sample(m, "listgate_spf_results_total", result="pass", identity="mailfrom") == 2
+    assert sample(m, "listgate_spf_results_total", result="none", identity="helo") == 1
     assert sample(m, "listgate_verdicts_total", outcome="tempfailed", reason="SPF temperror") == 1
     assert sample(m, "listgate_verdicts_total", outcome="accepted",
                   reason="member-moderation") == 1
     assert sample(m, "listgate_verdicts_total", outcome="rejected",
                   reason="hold(nonmember)") == 2
-    assert sample(m, "listgate_dkim_results_total", result="fail") == 1
-    assert sample(m, "listgate_spf_results_total", result="softfail", identity="helo") == 1
+    assert sample(m, "listgate_verdicts_total", outcome="accepted",
+                  reason="no list recipient") == 2
     # no sender, IP or list in any label: bounded cardinality
     text = generate_latest(m.registry).decode()
     assert "s@y.test" not in text and "dev@lists.test" not in text
