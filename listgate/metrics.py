@@ -119,8 +119,9 @@ class Metrics:
         event = verdict(line)
         if event is None:
             return
-        if event.spf:
-            # the verdict line carries the transaction's SPF result
+        if event.spf and not event.text.startswith("rcpt to <"):
+            # the verdict line carries the transaction's SPF result; a recipient's own
+            # refusal (DEFER/REJECT/TEMPFAIL: rcpt to...) is not the transaction's end
             self.spf.labels(event.spf, event.spf_identity).inc()
         if self.list_label:
             for name in event.lists or ("",):

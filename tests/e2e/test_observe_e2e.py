@@ -11,11 +11,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 
 import infra
 import pytest
 from lgdaemon import LISTGATE, ListgateDaemon
+
+from listgate.logfile import REOPEN_CHECK_SECONDS
 
 LIST, OTHER = "dev@lists.test", "ops@lists.test"
 GOOD_IP, BAD_IP = "127.0.0.2", "127.0.0.3"
@@ -137,6 +140,7 @@ def test_report_metrics_and_rotation(daemon, mta):
     # reopens listgate.log for the next line; then the rotated file is compressed
     rotated = f"{daemon.log_path}.1"
     os.rename(daemon.log_path, rotated)
+    time.sleep(REOPEN_CHECK_SECONDS)  # the daemon looks for a moved log once per second
     mark = 0
     r2 = send(mta, frm="late@y.test", mail_from="late@y.test", rcpts=[LIST])
     assert r2.data.code == 550
