@@ -6,7 +6,7 @@ signal.c, main.c, listener.c and engine.c -- and what listgate does about it:
 * ``smfi_main`` (pymilter's ``runmilter``) blocks SIGHUP, SIGTERM and SIGINT in the
   calling thread and starts a signal thread that waits for them (sigwait).  On the
   first one it sets the process-wide stop flag and *exits*: HUP and TERM alike set
-  ``MILTER_STOP`` (stop accepting, let connections finish), INT sets ``MILTER_ABRT``
+  ``MILTER_STOP`` (stop accepting; but see the worker pool below), INT ``MILTER_ABRT``
   (connections are dropped at their next command).  HUP is *not* a reload.
 * The stop flag only ever increases: once set, ``smfi_main`` can never serve again in
   that process (a second ``runmilter`` returns at once).  So "return from smfi_main
@@ -15,18 +15,29 @@ signal.c, main.c, listener.c and engine.c -- and what listgate does about it:
   ``mi_closener`` (called by the signal thread / ``smfi_stop``) needs: that is why a
   stop took up to 5 s.  A connection to our own socket ends the wait at once.
 * ``smfi_main`` returns as soon as the listener is closed; it does not wait for the
-  connection threads (detached).  A process that then exits cuts them off.
+  connections.  Worse, Debian's libmilter is built with ``_FFR_WORKERS_POOL``
+  (worker.c): its pool controller and workers also quit on the stop flag, so a
+  connection waiting for its next MTA command is never served again -- the MTA gets
+  no answer until its own milter timeout.  Draining must happen *before* the flag.
 * A second thread of ours ``sigwait``-ing SIGHUP would race libmilter's for each
   signal: whichever the kernel wakes gets it.
 
 Hence two processes.  The main process (the PID systemd and the admin signal) never
 runs libmilter: it only turns HUP/TERM/INT/USR1 into one byte on a pipe to a worker
 process it forks, and exits with the worker's status.  The worker runs libmilter and
-a control thread reading that pipe: HUP re-reads the config and swaps the engine for
-new connections, TERM calls ``smfi_stop``, wakes the listener, then waits up to
-``[milter] shutdown_timeout`` for the connections in flight.  Signals sent to the
-worker itself still reach libmilter (systemd's stop does that too): the worker then
-stops the same graceful way.
+a control thread reading that pipe:
+
+* HUP re-reads the config and swaps the engine for new connections (a replaced
+  engine's backend is closed when its last connection ends);
+* TERM refuses new connections at negotiation (the MTA applies its
+  ``milter_default_action``, as for a stopped daemon), waits up to ``[milter]
+  shutdown_timeout`` for those in flight, then calls ``smfi_stop`` and wakes the
+  listener with a connection of its own: exit 0 well under a second when idle;
+* INT does the same without waiting.
+
+Signals sent to the worker itself still reach libmilter, which then stops at once
+(connections in flight are cut off): under systemd use ``KillMode=mixed`` so that
+only the main process gets SIGTERM.
 """
 
 from __future__ import annotations
@@ -264,8 +275,12 @@ def check_paths(cfg: Config) -> str | None:
     sock = cfg.milter.socket
     if sock.startswith(("unix:", "local:")):
         parent = os.path.dirname(sock.split(":", 1)[1]) or "/"
-        if not os.path.isdir(parent):
+        try:
+            os.listdir(parent)
+        except FileNotFoundError:
             return f"[milter] socket: directory {parent} does not exist"
+        except OSError as e:
+            return f"[milter] socket: directory {parent}: {e.strerror} (as {who})"
         if not os.access(parent, os.W_OK | os.X_OK):
             return (f"[milter] socket: directory {parent} is not writable by {who}: "
                     f"cannot create the socket there")
@@ -376,7 +391,7 @@ class Worker:
         self.control_fd = control_fd
         self._lock = threading.Lock()
         self.stopping = False
-        self.drain = True
+        self._hurry = threading.Event()
 
     def run(self) -> int:
         cfg = self.cfg
@@ -403,9 +418,9 @@ class Worker:
         if not self.stopping:
             self.stopping = True
             log.warning("libmilter stopped on a signal sent to the worker process (pid %d) "
-                        "itself; send signals to the main process (pid %d): SIGHUP reloads "
-                        "there", os.getpid(), os.getppid())
-        self._drain()
+                        "itself: connections in flight are cut off.  Send signals to the main "
+                        "process (pid %d): it drains on SIGTERM, reloads on SIGHUP",
+                        os.getpid(), os.getppid())
         log.info("listgate stopped (%s)", ListgateMilter.engine.lookups.stats())
         ListgateMilter.engine.backend.close()
         return 0
@@ -426,45 +441,66 @@ class Worker:
                     self.reload()
                 elif cmd == b"U":
                     log.info("stats: %s", ListgateMilter.engine.lookups.stats())
-                elif cmd in (b"T", b"I", b""):
-                    self.stop(drain=cmd != b"I", why={b"T": "SIGTERM", b"I": "SIGINT"}.get(
-                        cmd, "the main process is gone"))
-                    if not cmd:
-                        return
+                elif cmd == b"T":
+                    self.stop(drain=True, why="SIGTERM")
+                elif cmd == b"I":
+                    self.stop(drain=False, why="SIGINT")
+                elif not cmd:
+                    self.stop(drain=True, why="the main process is gone")
+                    return
             except Exception:  # keep serving whatever a command does
                 log.exception("control command %r failed", cmd)
 
     def stop(self, drain: bool = True, why: str = "SIGTERM") -> None:
-        """Stop accepting connections; ``runmilter`` then returns in the main thread."""
+        """Refuse new connections, let those in flight finish (``drain``, bounded by
+        ``shutdown_timeout``), then stop libmilter: ``runmilter`` returns in the main
+        thread.  A second stop without ``drain`` (SIGINT) cuts the wait short."""
         with self._lock:
             if not drain:
-                self.drain = False
+                self._hurry.set()
             if self.stopping:
                 return
             self.stopping = True
-        log.info("%s: stopping: no new connections, %d in flight", why,
-                 ListgateMilter.connections.count())
+        ListgateMilter.accepting = False
+        threading.Thread(target=self._stop, args=(drain, why), name="stop", daemon=True).start()
+
+    def _stop(self, drain: bool, why: str) -> None:
+        timeout = self.cfg.milter.shutdown_timeout if drain else 0.0
+        n = ListgateMilter.connections.count()
+        log.info("%s: stopping: refusing new connections; waiting up to %gs for %d in flight",
+                 why, timeout, n)
+        left = self._drain(timeout)
+        if left:
+            log.warning("[milter] shutdown_timeout: %d connection(s) still open after %gs are "
+                        "cut off (the MTA applies its milter_default_action)", left, timeout)
+        elif n:
+            log.info("all connections finished")
+        # libmilter's stop flag: the listener closes and -- in Debian's build, with its
+        # worker pool -- no connection is served any more, hence the drain above first.
         stopper = threading.Thread(target=_smfi_stop, name="smfi_stop", daemon=True)
         stopper.start()
         # smfi_stop waits for the listener's poll (up to MI_CHK_TIME): a connection
         # of our own wakes it.  Retried, since one made before the stop flag was set
-        # is just accepted as a normal connection.
+        # is just accepted (and refused at negotiation) as any other.
         deadline = time.monotonic() + MI_CHK_TIME + 1
         while stopper.is_alive() and time.monotonic() < deadline:
             wake_listener(self.boot_cfg.milter.socket)
             stopper.join(0.05)
 
-    def _drain(self) -> None:
-        timeout = self.cfg.milter.shutdown_timeout if self.drain else 0.0
-        n = ListgateMilter.connections.count()
-        if n:
-            log.info("waiting up to %gs for %d connection(s) in flight", timeout, n)
-        left = ListgateMilter.connections.wait_idle(timeout)
-        if left:
-            log.warning("[milter] shutdown_timeout: %d connection(s) still open after %gs "
-                        "are cut off (the MTA applies its milter_default_action)", left, timeout)
-        elif n:
-            log.info("all connections finished")
+    def _drain(self, timeout: float) -> int:
+        """Wait until no connection is open, ``timeout`` passes or SIGINT; the number left."""
+        deadline = time.monotonic() + timeout
+        while not self._hurry.is_set():
+            left = ListgateMilter.connections.wait_idle(
+                min(0.1, max(0.0, deadline - time.monotonic())))
+            if left == 0:
+                # one more look: a connection accepted just now may be negotiating
+                time.sleep(0.05)
+                if ListgateMilter.connections.count() == 0:
+                    return 0
+            elif time.monotonic() >= deadline:
+                return left
+        return ListgateMilter.connections.count()
 
     # -- reload
 

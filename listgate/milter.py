@@ -127,10 +127,16 @@ class ListgateMilter(Milter.Base):
     engine: Engine
     #: the open connections, for draining on shutdown
     connections = Connections()
+    #: False while the daemon drains on SIGTERM: new connections are refused
+    accepting = True
 
     def negotiate(self, opts: list[int]) -> int:
         """Ask only for the header actions we use; pymilter would keep all the MTA
         offers (body replacement, recipient changes...), which is more than we may do."""
+        if not self.accepting:
+            # shutting down: ending the connection here makes the MTA apply its
+            # milter_default_action, exactly as if the daemon were already gone
+            return Milter.TEMPFAIL
         rc = super().negotiate(opts)
         if rc == Milter.CONTINUE:
             opts[0] = self._actions = opts[0] & ACTIONS
