@@ -293,6 +293,19 @@ def test_shutdown_timeout_bounds_the_wait():
         d.close()
 
 
+def test_sigint_stops_at_once_even_with_a_transaction_in_flight(daemon):
+    d = daemon
+    m = Mta(d).connect(INT_IP).helo()
+    assert m.mail(MEMBER) == CONTINUE
+    d.proc.send_signal(signal.SIGINT)
+    code, took = wait_exit(d)
+    assert code == 0
+    assert took < 1.5, took
+    d.wait_for_log(r"SIGINT: stopping: refusing new connections; waiting up to 0s for 1 in "
+                   r"flight")
+    m.sock.close()
+
+
 def test_sigterm_to_the_worker_itself_also_stops_cleanly(daemon):
     d = daemon
     os.kill(worker_pid(d), signal.SIGTERM)  # e.g. systemd's stop signals every process
