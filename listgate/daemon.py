@@ -71,6 +71,23 @@ log = logging.getLogger("listgate")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
+class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler whose failure to reopen the file never raises.
+
+    The stdlib one (re)opens the file outside its error handling: with the log
+    directory gone or not writable any more, every log call would raise -- into a
+    milter callback, or into the thread that stops the daemon.  Here the line is
+    reported on stderr (``handleError``) and lost, like any other write error.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.reopenIfNeeded()
+            logging.FileHandler.emit(self, record)  # opens the file again if it must
+        except OSError:
+            self.handleError(record)
+
+
 def setup_logging(cfg: Config) -> logging.Logger:
     """One line per event to ``log_file`` (``-`` = stderr), safe with logrotate.
 
@@ -81,9 +98,9 @@ def setup_logging(cfg: Config) -> logging.Logger:
     if cfg.milter.log_file == "-":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
-        # WatchedFileHandler reopens the file when logrotate moves it away
-        handler = logging.handlers.WatchedFileHandler(cfg.milter.log_file, encoding="utf-8",
-                                                      errors="backslashreplace")
+        # reopens the file when logrotate moves it away
+        handler = ReopeningFileHandler(cfg.milter.log_file, encoding="utf-8",
+                                       errors="backslashreplace")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     old, log.handlers[:] = log.handlers[:], [handler]
     for h in old:  # after the swap: a reopen (SIGHUP) loses no line
@@ -465,16 +482,22 @@ class Worker:
         threading.Thread(target=self._stop, args=(drain, why), name="stop", daemon=True).start()
 
     def _stop(self, drain: bool, why: str) -> None:
-        timeout = self.cfg.milter.shutdown_timeout if drain else 0.0
-        n = ListgateMilter.connections.count()
-        log.info("%s: stopping: refusing new connections; waiting up to %gs for %d in flight",
-                 why, timeout, n)
-        left = self._drain(timeout)
-        if left:
-            log.warning("[milter] shutdown_timeout: %d connection(s) still open after %gs are "
-                        "cut off (the MTA applies its milter_default_action)", left, timeout)
-        elif n:
-            log.info("all connections finished")
+        try:
+            timeout = self.cfg.milter.shutdown_timeout if drain else 0.0
+            n = ListgateMilter.connections.count()
+            log.info("%s: stopping: refusing new connections; waiting up to %gs for %d in "
+                     "flight", why, timeout, n)
+            left = self._drain(timeout)
+            if left:
+                log.warning("[milter] shutdown_timeout: %d connection(s) still open after %gs "
+                            "are cut off (the MTA applies its milter_default_action)",
+                            left, timeout)
+            elif n:
+                log.info("all connections finished")
+        finally:  # whatever happened above, the daemon must stop
+            self._stop_libmilter()
+
+    def _stop_libmilter(self) -> None:
         # libmilter's stop flag: the listener closes and -- in Debian's build, with its
         # worker pool -- no connection is served any more, hence the drain above first.
         stopper = threading.Thread(target=_smfi_stop, name="smfi_stop", daemon=True)

@@ -314,6 +314,41 @@ def test_sigterm_to_the_worker_itself_also_stops_cleanly(daemon):
     d.wait_for_log(r"libmilter stopped on a signal sent to the worker process")
 
 
+def test_worker_stops_when_the_main_process_is_killed():
+    d = make_daemon().start()
+    worker = worker_pid(d)
+    d.proc.kill()
+    d.proc.wait()
+    end = time.monotonic() + 5
+    while Path(f"/proc/{worker}").exists():
+        status = Path(f"/proc/{worker}/status").read_text(errors="replace")
+        if "State:\tZ" in status:
+            break
+        assert time.monotonic() < end, "the orphaned worker must stop by itself"
+        time.sleep(0.05)
+    d.wait_for_log(r"the main process is gone: stopping")
+    shutil.rmtree(d.dir, ignore_errors=True)
+
+
+def test_log_directory_removed_the_daemon_still_answers_and_stops():
+    d = make_daemon()
+    logdir = d.dir / "log"
+    logdir.mkdir()
+    d.log_path = logdir / "listgate.log"
+    d.write_config(BASE + f"[milter]\nlog_file = {d.log_path}\n")
+    d.start()
+    try:
+        shutil.rmtree(logdir)  # every log line now fails to reopen the file
+        assert post(d, STRANGER) == DEFAULT_REFUSAL
+        assert post(d, MEMBER) == "continue"
+        d.proc.send_signal(signal.SIGTERM)
+        code, took = wait_exit(d)
+        assert code == 0 and took < 2.0, took
+        assert "FileNotFoundError" in d.stderr_path.read_text(), "reported on stderr"
+    finally:
+        d.close()
+
+
 def test_usr1_to_the_main_process_logs_stats(daemon):
     daemon.proc.send_signal(signal.SIGUSR1)
     daemon.wait_for_log(r"INFO stats: list cache \d+ hits/\d+ misses")
