@@ -228,6 +228,10 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "received_spf": Opt("yes", parse_bool),
         "authentication_results": Opt("yes", parse_bool),
         "max_body_bytes": Opt("1048576", _int),
+        # -- daemon operation (listgate.daemon)
+        "user": Opt("", _str),
+        "group": Opt("", _str),
+        "shutdown_timeout": Opt("30", _seconds),
     },
     "network": {
         "internal_connect": Opt("127.0.0.0/8, ::1/128", _networks),

@@ -73,6 +73,20 @@ class LogFile(logging.handlers.WatchedFileHandler):
             self._next_check = now + REOPEN_CHECK_SECONDS
             super().reopenIfNeeded()
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one line; never raise.
+
+        The stdlib handler (re)opens the file outside its error handling: with the log
+        directory gone or not writable any more, every log call would raise -- into a
+        milter callback, or into the thread that stops the daemon.  Here the line is
+        reported on stderr (``handleError``) and lost, like any other write error.
+        """
+        try:
+            self.reopenIfNeeded()
+            logging.FileHandler.emit(self, record)  # opens the file again if it must
+        except OSError:
+            self.handleError(record)
+
     def reopen_now(self) -> None:
         """Check at once (e.g. on SIGHUP, after logrotate's postrotate)."""
         self._next_check = 0.0

@@ -190,18 +190,30 @@ def unwrap(backend: Any) -> Any:
 def install(cfg: Config, engine: Engine, log: logging.Logger) -> Metrics:
     """Attach the metrics to ``engine`` and ``log`` (no HTTP server: see :func:`start`)."""
     m = Metrics(list_label=cfg.metrics.list_label)
-    m.engine = engine
-    engine.lookups.backend = TimedBackend(engine.lookups.backend, m.backend_seconds,
-                                          m.known_lists)
     log.addFilter(LogFilter(m))
+    attach(m, engine, log)
+    return m
+
+
+def attach(m: Metrics, engine: Engine, log: logging.Logger) -> None:
+    """Count ``engine``'s backend lookups and caches (again after a SIGHUP reload, which
+    builds a new engine), and keep verdict records flowing to the filter."""
+    m.engine = engine
+    if not isinstance(engine.lookups.backend, TimedBackend):
+        engine.lookups.backend = TimedBackend(engine.lookups.backend, m.backend_seconds,
+                                              m.known_lists)
+    keep_info(log)
+
+
+def keep_info(log: logging.Logger) -> None:
+    """Verdicts are logged at INFO: let them reach the filter even with ``log_level =
+    warning``, keeping the log itself at its level by moving that level to the handlers
+    (again after every ``setup_logging``, which sets the logger's level)."""
     if log.getEffectiveLevel() > logging.INFO:
-        # verdicts are logged at INFO: let them reach the filter, and keep the log
-        # itself at the configured level by moving that level to the handlers
         level = log.getEffectiveLevel()
         for h in log.handlers:
             h.setLevel(max(h.level, level))
         log.setLevel(logging.INFO)
-    return m
 
 
 def start(cfg: Config, engine: Engine, log: logging.Logger) -> Metrics | None:

@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,63 @@ def _guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return wrap
 
 
+class Connections:
+    """The MTA connections open right now, per engine.
+
+    The daemon drains them on SIGTERM (:meth:`wait_idle`), and after a reload closes
+    the replaced engine's backend only once the last connection using it has ended
+    (:meth:`retire`).  Called from libmilter's connection threads: never raises.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open: dict[int, int] = {}  # id(engine) -> open connections
+        self._retired: dict[int, Engine] = {}
+
+    def opened(self, engine: Engine) -> None:
+        with self._cond:
+            self._open[id(engine)] = self._open.get(id(engine), 0) + 1
+
+    def closed(self, engine: Engine) -> None:
+        done = None
+        with self._cond:
+            left = self._open.get(id(engine), 1) - 1
+            if left > 0:
+                self._open[id(engine)] = left
+            else:
+                self._open.pop(id(engine), None)
+                done = self._retired.pop(id(engine), None)
+            self._cond.notify_all()
+        if done is not None:
+            _close_backend(done)
+
+    def retire(self, engine: Engine) -> None:
+        """``engine`` takes no new connections: close its backend when it is idle."""
+        with self._cond:
+            if self._open.get(id(engine)):
+                self._retired[id(engine)] = engine
+                return
+        _close_backend(engine)
+
+    def count(self) -> int:
+        with self._cond:
+            return sum(self._open.values())
+
+    def wait_idle(self, timeout: float) -> int:
+        """Wait until no connection is open (at most ``timeout`` s); the number left."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._open, timeout)
+            return sum(self._open.values())
+
+
+def _close_backend(engine: Engine) -> None:
+    try:
+        engine.backend.close()
+    except Exception:  # best effort, in a libmilter thread
+        log.exception("closing the %s backend of a replaced configuration failed",
+                      engine.backend.name)
+
+
 #: the only modifications listgate makes: insert Received-SPF / X-Listgate-Verdict,
 #: delete forged X-Listgate-* headers
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
@@ -64,12 +122,21 @@ ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
 class ListgateMilter(Milter.Base):
     """One instance per SMTP connection (libmilter runs each in its own thread)."""
 
-    #: set by the daemon before runmilter
+    #: set by the daemon before runmilter, replaced on reload (SIGHUP): each connection
+    #: keeps the engine it started with
     engine: Engine
+    #: the open connections, for draining on shutdown
+    connections = Connections()
+    #: False while the daemon drains on SIGTERM: new connections are refused
+    accepting = True
 
     def negotiate(self, opts: list[int]) -> int:
         """Ask only for the header actions we use; pymilter would keep all the MTA
         offers (body replacement, recipient changes...), which is more than we may do."""
+        if not self.accepting:
+            # shutting down: ending the connection here makes the MTA apply its
+            # milter_default_action, exactly as if the daemon were already gone
+            return Milter.TEMPFAIL
         rc = super().negotiate(opts)
         if rc == Milter.CONTINUE:
             opts[0] = self._actions = opts[0] & ACTIONS
@@ -83,6 +150,17 @@ class ListgateMilter(Milter.Base):
         self.conn_id = str(next(_ids))
         self.session: Session | None = None
         self.failed = False
+        # pinned: a reload swaps the class attribute for new connections only
+        self.engine = type(self).engine
+        self._open = True
+        self.connections.opened(self.engine)
+
+    def close(self) -> int:
+        """End of the MTA connection (libmilter calls it even after an abort)."""
+        if self._open:
+            self._open = False
+            self.connections.closed(self.engine)
+        return Milter.CONTINUE
 
     def _answer(self, decision: Decision) -> int:
         if decision.reply is not None and decision.action in (REJECT, TEMPFAIL):

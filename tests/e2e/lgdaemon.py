@@ -124,12 +124,14 @@ class ListgateDaemon:
         except FileNotFoundError:
             return ""
 
-    def wait_for_log(self, pattern: str, since: int = 0, timeout: float = 10.0) -> re.Match:
+    def wait_for_log(self, pattern: str, since: int = 0, timeout: float = 10.0,
+                     count: int = 1) -> re.Match:
+        """The ``count``-th line matching ``pattern`` after offset ``since``."""
         deadline = time.monotonic() + timeout
         while True:
-            m = re.search(pattern, self.log_text(since), re.M)
-            if m:
-                return m
+            found = list(re.finditer(pattern, self.log_text(since), re.M))
+            if len(found) >= count:
+                return found[count - 1]
             if time.monotonic() > deadline:
                 raise AssertionError(f"no log line matching {pattern!r}:\n{self.log_text(since)}")
             time.sleep(0.05)
