@@ -29,6 +29,8 @@ from miltertest import MilterError
 from test_postfix import delivered
 from test_protocol import CONTINUE, Mta, smtp
 
+from listgate.logfile import REOPEN_CHECK_SECONDS
+
 LIST = "dev@lists.test"
 MEMBER, STRANGER = "m@corp.test", "stranger@corp.test"
 INT_IP = "10.1.2.3"
@@ -339,6 +341,7 @@ def test_log_directory_removed_the_daemon_still_answers_and_stops():
     d.start()
     try:
         shutil.rmtree(logdir)  # every log line now fails to reopen the file
+        time.sleep(REOPEN_CHECK_SECONDS)  # once the daemon looks (once per second)
         assert post(d, STRANGER) == DEFAULT_REFUSAL
         assert post(d, MEMBER) == "continue"
         d.proc.send_signal(signal.SIGTERM)
