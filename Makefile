@@ -58,10 +58,13 @@ package: $(STAMP)
 	scripts/install-debian-deps.sh package
 	scripts/build-deb.sh
 
-# Performance benchmark (issue 5, part 1): smtp-source -> private Postfix -> smtp-sink
-# with no milter, a minimal pymilter milter and listgate (unix and inet sockets).
-# Prints a table and writes bench/results.json; about 5 minutes.  See bench/run.py.
+# Performance benchmark (issue 5): through a private Postfix (no milter, a minimal
+# pymilter milter, pyspf-milter, listgate on SQLite and on Mailman 3; unix and inet
+# sockets), the milter protocol alone, data scale and a 100k-message growth run.
+# Prints the tables and writes bench/results.json; about 10 minutes.  See bench/run.py.
 .PHONY: bench
 bench: $(STAMP)
 	scripts/install-debian-deps.sh test
+	scripts/install-mailman3.sh
+	scripts/install-bench-peers.sh
 	$(PY) bench/run.py

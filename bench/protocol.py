@@ -104,21 +104,48 @@ class BenchError(RuntimeError):
 # --------------------------------------------------------------------------- /proc
 
 
+def tree(pid: int) -> list[int]:
+    """*pid* and its descendants: the listgate daemon is a main process and a worker."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of *pid* (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of *pid* and its children (all threads), in seconds."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak RSS) of *pid*, in MB (1e6 bytes)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line[:5]] = round(int(line.split()[1]) * 1024 / 1e6, 1)
-    return {"rss_mb": out["VmRSS"], "hwm_mb": out["VmHWM"]}
+    """Memory of the daemon's process tree, in MB (1e6 bytes): ``rss_mb`` = the sum of
+    each process's PSS (shared pages counted once: the worker is a fork of the main
+    process), ``hwm_mb`` = the largest peak RSS (VmHWM) of one of them."""
+    pss = hwm = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                pss += sum(int(ln.split()[1]) for ln in f if ln.startswith("Pss:"))
+            with open(f"/proc/{p}/status") as f:
+                hwm = max([hwm] + [int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")])
+        except OSError:
+            continue
+    return {"rss_mb": round(pss * 1024 / 1e6, 1), "hwm_mb": round(hwm * 1024 / 1e6, 1)}
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -401,6 +428,13 @@ def listgate_sqlite(dns: infra.DnsServer, members: int) -> tuple[Listgate, float
 
 def mailman3_listgate(dns: infra.DnsServer, members: int, stack: list) -> tuple[Listgate, dict]:
     """A real Mailman 3 with LIST and *members* members (DB cached), and listgate on it."""
+    backend, info = mailman3_backend(members, stack)
+    return Listgate(dns, backend), info
+
+
+def mailman3_backend(members: int, stack: list) -> tuple[str, dict]:
+    """Start a real Mailman 3 with LIST and *members* members (``mN@members.test``; the
+    database is built once and cached); listgate's config for it, and timings."""
     from mailman3 import MAILMAN_VERSION, Mailman3
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -443,9 +477,8 @@ def mailman3_listgate(dns: infra.DnsServer, members: int, stack: list) -> tuple[
     pw = mm.workdir / "rest.pass"
     pw.write_text(mm.admin_pass + "\n")
     os.chmod(pw, 0o600)
-    lg = Listgate(dns, f"[lists]\nbackend = mailman3\n[mailman3]\nurl = {mm.rest_url}\n"
-                       f"user = {mm.admin_user}\npassword_file = {pw}\n")
-    return lg, info
+    return (f"[lists]\nbackend = mailman3\n[mailman3]\nurl = {mm.rest_url}\n"
+            f"user = {mm.admin_user}\npassword_file = {pw}\n"), info
 
 
 # --------------------------------------------------------------------------- parts

@@ -1,59 +1,64 @@
-"""listgate benchmark, part 1 of issue 5: "Through a real MTA".
+"""listgate benchmark (issue 5): ``make bench`` = ``.venv/bin/python bench/run.py``.
 
-Run it (as root, on loopback only; Postfix 3.7, smtp-source/smtp-sink and dnsmasq
-installed, see ``scripts/install-debian-deps.sh test``)::
+All figures come from ONE run on one machine and are reported as ratios against the
+baselines of that run (absolute numbers drift on shared machines).  Run as root, on
+loopback only (Postfix, smtp-sink, dnsmasq from ``scripts/install-debian-deps.sh
+test``; Mailman 3 from ``scripts/install-mailman3.sh``; pyspf-milter from
+``scripts/install-bench-peers.sh``)::
 
-    make bench                       # = .venv/bin/python bench/run.py
-    .venv/bin/python bench/run.py --reps 1 --sessions 10   # a quick look
+    make bench                                   # everything, about 10 minutes
+    .venv/bin/python bench/run.py --reps 1 --sessions 10 --parts mta   # a quick look
 
-What it measures: ``smtp-source`` -> a private Postfix on 127.0.0.1 (the e2e tests'
-``PostfixInstance``) -> ``smtp-sink``, once per configuration:
+**Part 1, through a real MTA** (``--parts mta``): :mod:`smtpload` (one thread,
+asyncio; one message per SMTP session, no PIPELINING) -> a private Postfix on
+127.0.0.1 (the e2e tests' ``PostfixInstance``) -> ``smtp-sink``, once per
+configuration:
 
 * ``no-milter``: Postfix alone (the floor).
 * ``minimal-pymilter/unix|inet``: ``bench/minimal_milter.py``, a stock pymilter milter
-  (connect, rcpt, end of message adding one header); the cost of the protocol and
-  pymilter themselves.
-* ``listgate-sqlite/unix|inet``: the real daemon (``python -m listgate serve``), SQLite
-  backend, default config (all checks on, default ``cache_ttl``: the cache is warmed
-  before measuring), SPF answered by a private dnsmasq on loopback.  listgate's
-  ``internal_connect`` is narrowed to 127.0.0.254/32 so that smtp-source's 127.0.0.1
-  is an EXTERNAL client: HELO and MAIL FROM SPF checks run for every message
-  (``v=spf1 ip4:127.0.0.0/8 -all`` is published for the HELO name and sender domain).
+  (connect, rcpt, end of message adding one header): the protocol and pymilter alone.
+* ``pyspf-milter/unix|inet``: PyPI spf-engine 3.1.0's pyspf-milter (the SPF milter
+  an admin would otherwise run), stock config but for the DNS server and the
+  internal-host list (127.0.0.254, as listgate's), see :class:`PyspfMilter`.
+* ``listgate-sqlite/unix|inet``: the real daemon (``python -m listgate serve``),
+  SQLite store with a 1e4-member list, default config (every check on), warm cache.
+* ``listgate-mailman3/unix|inet``: the same daemon on a real Mailman 3 (REST API) with
+  the same 1e4-member list, warm cache.
 
-Message mix (one kind only in this version): every message is a list post by a
-member: envelope ``bounce@bench.test`` -> ``list@lists.test``, HELO
-``mail.bench.test``, a prepared 2 KB message (``smtp-source -F``) whose From: is a
-list member.  Each message uses a new SMTP session (smtp-source's default), so the
-milter sees connect, HELO, MAIL, RCPT, headers and end of message every time.
+listgate's ``internal_connect`` is 127.0.0.254/32, so the client 127.0.0.1 is an
+EXTERNAL client: HELO and MAIL FROM SPF run for every message against a private
+dnsmasq serving real-world 300 s TTLs.  The mix (``--mix``, default 60/20/20):
+list posts by a member (accepted), by a nonmember (listgate answers 550 at end of
+DATA; the other configurations deliver it) and mail to a non-list address; every
+message is 2 KB.  Per point (configuration x concurrent sessions): messages/s =
+messages / wall time of the load, and p99 = the 99th percentile of the time from
+connecting to the reply to the end of DATA, over every message of the point.  Each
+point is repeated ``--reps`` times, the configurations alternating, and the median
+taken.  Checked at every point (the run fails loudly otherwise): every reply is the
+expected one, the sink receives exactly the delivered messages with the milter's
+header on them, and listgate's log has one verdict line per message (member ACCEPT,
+nonmember REJECT, non-list ACCEPT), each for an EXTERNAL client with SPF pass, and
+no ERROR or Traceback.
 
-Per point (config x concurrent sessions): wall time from starting smtp-source until
-it exits (smtp-source measures SMTP acceptance only; Postfix relays to the sink in
-the background, and the run waits for the queue to drain to the sink before the
-next point, so delivery never overlaps the next measurement).  msgs/s = count /
-seconds.  Each point is repeated ``--reps`` times with the configs alternating
-(rep 1: all configs, rep 2: all configs, ...); the median is reported, and the
-ratio against ``no-milter`` at the same session count from the same run.
-
-Checked during the run (the run fails loudly otherwise): smtp-source exits 0 with
-no error output; the sink receives exactly the number of messages sent; for listgate
-points, its log shows one ``ACCEPT: list=list@lists.test`` per message, the client
-classified EXTERNAL with an SPF pass, and no ERROR/Traceback.
+**Parts 2-4** (``--parts protocol,scale,growth``): :mod:`protocol` -- a milter client
+driving the daemon's socket directly (per-stage latency, verdicts/s, daemon CPU per
+verdict, beside ``minimal_milter.py`` and ``callbacks_milter.py``), lists of 1e2, 1e4
+and 1e6 members (and 1e4 on Mailman 3), and a 100k-message growth run.
 
 Output: a table on the terminal and ``bench/results.json``::
 
     {"runs": {"no-milter" | "<config>/<unix|inet>": {"<sessions>":
-        {"msgs_per_s": N, "p99_ms": null}}}, "scale": {}, "machine": "..."}
+        {"msgs_per_s": N, "p99_ms": N}}}, "scale": {...}, "protocol": {...},
+     "machine": "..."}
 
-``p99_ms`` is null: smtp-source reports no per-message latency (not measured yet).
-Not measured yet either: ``listgate-mailman3``, ``pyspf-milter``, the nonmember and
-non-list parts of the mix, and parts 2-4 of the issue (protocol level, data scale,
-cost growth).  Every repetition, the milter CPU time per message and the settings
-used go to ``bench/results.details.json`` (results.json keeps exactly the shape above).
+and the details (every repetition, CPU per message, settings) in
+``bench/results.details.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,24 +69,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+for _p in (ROOT / "tests" / "e2e", ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 import infra  # noqa: E402
+import protocol  # noqa: E402
+import smtpload  # noqa: E402
 from lgdaemon import ListgateDaemon  # noqa: E402
+from smtpload import Job  # noqa: E402
 
-LIST = "list@lists.test"
-MEMBER = "member@bench.test"
-ENVELOPE_FROM = "bounce@bench.test"
-HELO = "mail.bench.test"
-SPF = "v=spf1 ip4:127.0.0.0/8 -all"
+LIST = protocol.LIST
+MEMBER = "m1@members.test"  # in protocol's 1e4-member list (SQLite and Mailman 3)
+STRANGER = "stranger@strangers.test"
+NOLIST_FROM, NOLIST_TO = "u1@other.test", "someone@elsewhere.test"
+HELO = protocol.HELO
+#: smtpload's 127.0.0.1 (part 1) and protocol's 192.0.2.x (parts 2-4) both pass
+SPF = "v=spf1 ip4:127.0.0.0/8 ip4:192.0.2.0/24 -all"
 MSG_SIZE = 2048
-NOT_MEASURED = ["listgate-mailman3/unix", "listgate-mailman3/inet",
-                "pyspf-milter/unix", "pyspf-milter/inet"]
-LISTGATE_CONFIG = ("[network]\ninternal_connect = 127.0.0.254/32\n"
-                   "[milter]\nlog_level = info\n")
+KINDS = ("member", "nonmember", "nolist")
+CONFIGS = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",
+           "pyspf-milter/unix", "pyspf-milter/inet", "listgate-sqlite/unix",
+           "listgate-sqlite/inet", "listgate-mailman3/unix", "listgate-mailman3/inet"]
+PEERS = Path(os.environ.get("LISTGATE_BENCH_PEERS", "/var/tmp/listgate-bench/peers"))
+LISTGATE_REJECT = f"550 5.7.1 You are not permitted to post to {LIST}."
 
 
 def log(msg: str) -> None:
@@ -89,38 +104,13 @@ def log(msg: str) -> None:
 
 
 class BenchError(RuntimeError):
-    """A measurement could not be trusted (wrong count, errors in a log...)."""
+    """A measurement could not be trusted (wrong answer, wrong count, errors in a log)."""
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def make_message(path: Path, size: int = MSG_SIZE) -> None:
-    """A list post by a member, exactly *size* bytes with CRLF line endings."""
-    head = (f"From: Bench Member <{MEMBER}>\r\n"
-            f"To: {LIST}\r\n"
-            "Subject: benchmark post\r\n"
-            "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
-            "Message-ID: <bench@bench.test>\r\n"
-            "MIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=us-ascii\r\n"
-            "\r\n")
-    line = "The quick brown fox jumps over the lazy dog, benchmark body line.\r\n"
-    body = ""
-    while len(head) + len(body) + len(line) <= size:
-        body += line
-    body += "x" * (size - len(head) - len(body) - 2) + "\r\n"
-    data = (head + body).encode()
-    assert len(data) == size, len(data)
-    # smtp-source -F appends CRLF after each line it reads: give it LF lines
-    path.write_bytes(data.replace(b"\r\n", b"\n"))
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of *pid* (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = protocol.cpu_seconds
 
 
 def machine() -> str:
@@ -169,62 +159,107 @@ class Sink:
 # --------------------------------------------------------------------------- milters
 
 
-class MinimalMilter:
-    """bench/minimal_milter.py as a child process."""
+class Milter:
+    """A reference milter script as a child process (unix or inet socket)."""
+
+    #: the header its messages arrive with (checked on a delivered message)
+    mark = ""
+    name = ""
 
     def __init__(self, transport: str, workdir: Path) -> None:
         self.transport = transport
         if transport == "unix":
-            path = workdir / f"minimal-{os.getpid()}.sock"
-            self.spec = f"unix:{path}"
-            self.postfix_milter = f"unix:{path}"
-            self.path = path
+            self.path = workdir / f"{self.name}-{os.getpid()}.sock"
+            self.spec = f"unix:{self.path}"
+            self.postfix_milter = f"unix:{self.path}"
         else:
             self.port = infra.free_port()
             self.spec = f"inet:{self.port}@127.0.0.1"
             self.postfix_milter = f"inet:127.0.0.1:{self.port}"
-        self.errlog = workdir / f"minimal-{transport}.log"
+        self.errlog = workdir / f"{self.name}-{transport}.log"
         with open(self.errlog, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "minimal_milter.py"), self.spec],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
+            self.proc = subprocess.Popen(self.argv(workdir), stdin=subprocess.DEVNULL,
+                                         stdout=err, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"minimal milter exited: {self.errlog.read_text()}")
+                raise BenchError(f"{self.name} exited: {self.errlog.read_text()}")
             if (transport == "unix" and self.path.exists()) or (
                     transport == "inet" and infra._tcp_listening("127.0.0.1", self.port)):
                 return
             time.sleep(0.05)
-        raise BenchError("minimal milter did not start")
+        raise BenchError(f"{self.name} did not start: {self.errlog.read_text()}")
+
+    def argv(self, workdir: Path) -> list[str]:
+        raise NotImplementedError
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def check(self, sent: int, mark: int) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"minimal milter died: {self.errlog.read_text()}")
-        text = self.errlog.read_text(errors="replace")
-        if "Traceback" in text or "ERROR" in text:
-            raise BenchError(f"minimal milter reported errors:\n{text[-3000:]}")
+    def expected(self, kind: str) -> int:
+        return 250
 
     def log_mark(self) -> int:
         return 0
+
+    def check(self, counts: dict[str, int], mark: int) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} died: {self.errlog.read_text()[-3000:]}")
+        text = self.errlog.read_text(errors="replace")
+        if "Traceback" in text or "ERROR" in text:
+            raise BenchError(f"{self.name} reported errors:\n{text[-3000:]}")
 
     def close(self) -> None:
         infra._terminate(self.proc)
 
 
-class Listgate:
-    """The real listgate daemon, SQLite backend, one list with one member."""
+class MinimalMilter(Milter):
+    """bench/minimal_milter.py."""
 
-    def __init__(self, transport: str, dns: infra.DnsServer) -> None:
+    name = "minimal"
+    mark = "X-Bench-Minimal: 1"
+
+    def argv(self, workdir: Path) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "minimal_milter.py"), self.spec]
+
+
+class PyspfMilter(Milter):
+    """PyPI spf-engine's pyspf-milter, through bench/pyspf_milter.py (DNS server only).
+
+    Its config: the socket, a pid file, ``UserID nobody:nogroup`` (it drops root itself), and
+    ``skip_addresses`` / ``InternalHosts`` narrowed to 127.0.0.254 exactly as
+    listgate's ``internal_connect``, so that 127.0.0.1 is checked, not skipped.
+    Everything else is spf-engine's default (reject HELO and MAIL FROM fail, an
+    Authentication-Results header).
+    """
+
+    name = "pyspf-milter"
+    mark = "spf=pass"
+
+    def argv(self, workdir: Path) -> list[str]:
+        python = PEERS / "pyspf-venv" / "bin" / "python"
+        if not python.exists():
+            raise BenchError(f"{python} missing: run scripts/install-bench-peers.sh")
+        os.chmod(workdir, 0o777)  # it creates its unix socket after dropping to nobody
+        cfg = workdir / f"pyspf-milter-{self.transport}.conf"
+        cfg.write_text(f"Socket = {self.spec}\nPidFile = {workdir}/pyspf-{self.transport}.pid\n"
+                       "UserID = nobody:nogroup\nskip_addresses = 127.0.0.254/32\n"
+                       "InternalHosts = 127.0.0.254\nAuthserv_Id = mx.bench.test\nUMask = 0\n"
+                       "debugLevel = 0\n")
+        return [str(python), str(ROOT / "bench" / "pyspf_milter.py"), str(cfg),
+                self.dns.nameservers]
+
+
+class Listgate:
+    """The real listgate daemon on a store or a Mailman 3 (``backend`` config)."""
+
+    mark = "Received-SPF: Pass"
+
+    def __init__(self, transport: str, dns: infra.DnsServer, backend: str) -> None:
         self.transport = transport
         self.d = ListgateDaemon(transport=transport, nameservers=dns.nameservers,
-                                config=LISTGATE_CONFIG)
-        self.d.cli("lists", "create", LIST)
-        self.d.cli("members", "add", LIST, MEMBER)
+                                config=protocol.LISTGATE_CONFIG + backend)
         self.d.start()
         self.postfix_milter = self.d.postfix_milter
 
@@ -232,33 +267,38 @@ class Listgate:
     def pid(self) -> int:
         return self.d.proc.pid
 
+    def expected(self, kind: str) -> int:
+        return 550 if kind == "nonmember" else 250
+
     def log_mark(self) -> int:
         return self.d.log_size()
 
-    def check(self, sent: int, mark: int) -> None:
-        """The daemon's log for one point: one ACCEPT per message, no errors."""
+    def check(self, counts: dict[str, int], mark: int) -> None:
+        """One verdict line per message, of the right kind, for an EXTERNAL client with
+        SPF pass; no errors."""
         if self.d.proc.poll() is not None:
             raise BenchError(f"listgate died: {self.d.log_text()[-3000:]}")
-        # the last ACCEPT line may be written just after Postfix got the answer
-        deadline = time.monotonic() + 10
+        patterns = {
+            "member": rf"ACCEPT: list={re.escape(LIST)} verdict=accept ",
+            "nonmember": rf"REJECT: list={re.escape(LIST)} verdict=hold\(nonmember\) ",
+            "nolist": r"ACCEPT: no list recipient",
+        }
+        tail = (r".*; client=\S+ class=EXTERNAL\S* helo=<mail\.bench\.test> "
+                r"from=<[^>]+> spf=pass$")
+        deadline = time.monotonic() + 10  # a verdict line may follow the reply
         while True:
             text = self.d.log_text(mark)
-            accepts = len(re.findall(rf"ACCEPT: list={re.escape(LIST)} verdict=accept", text))
-            if accepts >= sent or time.monotonic() > deadline:
+            got = {k: len(re.findall(p + tail, text, re.M)) for k, p in patterns.items()}
+            if all(got[k] >= n for k, n in counts.items()) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        bad = [ln for ln in text.splitlines() if "ERROR" in ln or "Traceback" in ln]
+        bad = [ln for ln in text.splitlines() if " ERROR " in ln or "Traceback" in ln]
         stderr = self.d.stderr_path.read_text(errors="replace")
         if bad or "Traceback" in stderr:
             raise BenchError("listgate logged errors:\n" + "\n".join(bad[:20]) + stderr[-2000:])
-        if accepts != sent:
-            raise BenchError(f"listgate logged {accepts} ACCEPT lines for {sent} messages:\n"
-                             f"{text[-3000:]}")
-        checked = len(re.findall(r" class=EXTERNAL\S* helo=<mail\.bench\.test> "
-                                 r"from=<bounce@bench\.test> spf=pass$", text, re.M))
-        if checked < sent:
-            raise BenchError(f"expected {sent} verdicts for EXTERNAL clients with SPF pass, "
-                             f"the log has {checked}:\n{text[-3000:]}")
+        if got != counts:
+            raise BenchError(f"listgate's verdict lines {got} do not match the messages "
+                             f"{counts}:\n{text[-3000:]}")
 
     def close(self) -> None:
         self.d.close()
@@ -274,31 +314,83 @@ class Config:
         self.postfix = postfix
 
 
-def run_point(cfg: Config, sink: Sink, msgfile: Path, sessions: int, count: int) -> dict:
-    """One smtp-source run; returns seconds, msgs/s and the milter's CPU per message."""
+def make_jobs(n: int, mix: tuple[float, ...], messages: dict[str, bytes]) -> list[Job]:
+    """*n* messages in the mix's proportions, interleaved (every kind all along)."""
+    envelope = {"member": (MEMBER, LIST), "nonmember": (STRANGER, LIST),
+                "nolist": (NOLIST_FROM, NOLIST_TO)}
+    total = sum(mix)
+    counts = [int(n * w / total) for w in mix]
+    counts[0] += n - sum(counts)
+    order = sorted(((i + 0.5) / c, k) for k, c in zip(KINDS, counts, strict=True)
+                   for i in range(c))
+    return [Job(k, *envelope[k], messages[k]) for _pos, k in order]
+
+
+def run_point(cfg: Config, sink: Sink, jobs: list[Job], sessions: int) -> dict:
+    """One load run; messages/s, p99 and the milter's CPU per message."""
     sink.clear()
     mark = cfg.milter.log_mark() if cfg.milter else 0
     cpu0 = cpu_seconds(cfg.milter.pid) if cfg.milter else 0.0
-    argv = [infra.find_tool("smtp-source"), "-s", str(sessions), "-m", str(count),
-            "-F", str(msgfile), "-M", HELO, "-f", ENVELOPE_FROM, "-t", LIST,
-            f"127.0.0.1:{cfg.postfix.port}"]
-    t0 = time.perf_counter()
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    seconds = time.perf_counter() - t0
+    out = smtpload.run(cfg.postfix.port, jobs, sessions, HELO)
     cpu = (cpu_seconds(cfg.milter.pid) - cpu0) if cfg.milter else 0.0
-    if res.returncode != 0 or res.stderr.strip() or res.stdout.strip():
-        raise BenchError(f"{cfg.name}: smtp-source exit {res.returncode}: "
-                         f"{res.stdout[-2000:]}{res.stderr[-2000:]}\n"
-                         f"postfix log:\n{cfg.postfix.log_text()[-3000:]}")
-    got = sink.wait_for(count, timeout=120)
-    if got != count:
-        raise BenchError(f"{cfg.name}: the sink got {got} of {count} messages\n"
+    results = out["results"]
+    wrong = []
+    counts = dict.fromkeys(KINDS, 0)
+    delivered = 0
+    for r in results:
+        counts[r.kind] += 1
+        want = cfg.milter.expected(r.kind) if cfg.milter else 250
+        if r.code != want or r.stage != "data" or (
+                want == 550 and not r.text.startswith(LISTGATE_REJECT)):
+            wrong.append(r)
+        delivered += r.code == 250
+    if wrong:
+        raise BenchError(f"{cfg.name}: {len(wrong)} of {len(results)} wrong answers, e.g. "
+                         f"{wrong[:3]}\npostfix log:\n{cfg.postfix.log_text()[-3000:]}")
+    got = sink.wait_for(delivered, timeout=120)
+    if got != delivered:
+        raise BenchError(f"{cfg.name}: the sink got {got} of {delivered} messages\n"
                          f"queue: {cfg.postfix.queue_listing()[-2000:]}\n"
                          f"postfix log:\n{cfg.postfix.log_text()[-3000:]}")
     if cfg.milter:
-        cfg.milter.check(count, mark)
-    return {"seconds": round(seconds, 4), "msgs_per_s": round(count / seconds, 2),
-            "milter_cpu_ms_per_msg": round(1000 * cpu / count, 3) if cfg.milter else None}
+        first = next(os.scandir(sink.sink.directory)).path
+        if cfg.milter.mark not in Path(first).read_text(errors="replace"):
+            raise BenchError(f"{cfg.name}: a delivered message lacks {cfg.milter.mark!r}")
+        cfg.milter.check({k: n for k, n in counts.items() if n}, mark)
+    latencies = [r.seconds for r in results]
+    n = len(results)
+    return {"seconds": round(out["seconds"], 4), "msgs_per_s": round(n / out["seconds"], 2),
+            "p50_ms": round(1000 * smtpload.percentile(latencies, 0.5), 2),
+            "p99_ms": round(1000 * smtpload.percentile(latencies, 0.99), 2),
+            "messages": counts, "delivered": delivered,
+            "milter_cpu_ms_per_msg": round(1000 * cpu / n, 3) if cfg.milter else None,
+            "client_cpu_ms_per_msg": round(out["client_cpu_ms_per_msg"], 3)}
+
+
+@contextlib.contextmanager
+def loopback_quickack() -> Iterator[None]:
+    """Turn delayed ACKs off on the loopback routes for a while (``ip route ... quickack
+    1``), as an admin can for the route to the milter (README, Performance).
+
+    Why it matters: Postfix writes each milter command (and the macros before it) as a
+    segment of its own with Nagle's algorithm on, so a second small write waits for the
+    ACK of the first, which the milter's kernel delays by up to 40 ms when it has
+    nothing to send back (a no-reply command, a macro).  TCP_NODELAY on the milter's
+    side cannot help: the waiting is on the MTA's side.  The routes are restored after.
+    """
+    routes = [ln for ln in subprocess.run(["ip", "route", "show", "table", "local"],
+                                          capture_output=True, text=True,
+                                          check=True).stdout.splitlines()
+              if ln.startswith("local 127.")]
+    try:
+        for ln in routes:
+            subprocess.run(["ip", "route", "change", *ln.split(), "table", "local",
+                            "quickack", "1"], check=True)
+        yield
+    finally:
+        for ln in routes:
+            subprocess.run(["ip", "route", "change", *ln.split(), "table", "local"],
+                           check=False)
 
 
 def parse_counts(text: str) -> dict[int, int]:
@@ -309,39 +401,25 @@ def parse_counts(text: str) -> dict[int, int]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=3, help="repetitions per point (median)")
-    ap.add_argument("--counts", default="1:300,10:1000,50:1000",
-                    help="SESSIONS:MESSAGES,... per point (default %(default)s)")
-    ap.add_argument("--sessions", default="", help="only these session counts, e.g. 10,50")
-    ap.add_argument("--configs", default="",
-                    help="only these configs (comma separated; no-milter always runs)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/run.py must run as root (it starts a private Postfix)", file=sys.stderr)
-        return 2
+def part_mta(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> dict:
+    """Part 1: every configuration through Postfix; {"runs": ..., "details": ...}."""
     counts = parse_counts(args.counts)
     if args.sessions:
         counts = {s: counts.get(s, 1000) for s in map(int, args.sessions.split(","))}
-    wanted = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",
-              "listgate-sqlite/unix", "listgate-sqlite/inet"]
+    wanted = CONFIGS
     if args.configs:
         keep = set(args.configs.split(",")) | {"no-milter"}
-        wanted = [c for c in wanted if c in keep]
-
-    started = time.monotonic()
-    infra.E2E_ROOT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=infra.E2E_ROOT))
-    os.chmod(workdir, 0o755)
-    msgfile = workdir / "message.eml"
-    make_message(msgfile)
-    # real SPF records live for minutes to hours; listgate's resolver caches them
-    dns = infra.DnsServer(txt={"bench.test": SPF, HELO: SPF}, ttl=300).start()
+        wanted = [c for c in CONFIGS if c in keep]
+    mix = tuple(float(x) for x in args.mix.split(","))
+    messages = {kind: smtpload.message([("From", frm), ("To", to), *COMMON_HEADERS], MSG_SIZE)
+                for kind, frm, to in (("member", f"Bench Member <{MEMBER}>", LIST),
+                                      ("nonmember", f"A Stranger <{STRANGER}>", LIST),
+                                      ("nolist", f"Someone <{NOLIST_FROM}>", NOLIST_TO))}
     sink = Sink()
     configs: list[Config] = []
     milters: list = []
+    stack: list = []  # Mailman 3
+    mm3_info: dict = {}
     try:
         # Postfix must not make the client wait for anything but the milter
         pf_extra = {"default_process_limit": "200",
@@ -349,38 +427,61 @@ def main() -> int:
                     "smtpd_client_message_rate_limit": "0",
                     "smtpd_client_recipient_rate_limit": "0",
                     "smtp_destination_concurrency_limit": "20"}
+        sqlite_db, _built = protocol.sqlite_db(10000)
+        mm3_backend = None
         for name in wanted:
+            kind, _, transport = name.partition("/")
             milter = None
-            if name.startswith("minimal-pymilter/"):
-                milter = MinimalMilter(name.split("/")[1], workdir)
-            elif name.startswith("listgate-sqlite/"):
-                milter = Listgate(name.split("/")[1], dns)
+            if kind == "minimal-pymilter":
+                milter = MinimalMilter(transport, workdir)
+            elif kind == "pyspf-milter":
+                PyspfMilter.dns = dns
+                milter = PyspfMilter(transport, workdir)
+            elif kind == "listgate-sqlite":
+                milter = Listgate(transport, dns, f"[sqlite]\npath = {sqlite_db}\n")
+            elif kind == "listgate-mailman3":
+                if mm3_backend is None:
+                    mm3_backend, mm3_info = protocol.mailman3_backend(10000, stack)
+                milter = Listgate(transport, dns, mm3_backend)
             if milter:
                 milters.append(milter)
-            pf = infra.PostfixInstance(["lists.test"], sink.sink.port,
+            pf = infra.PostfixInstance(["lists.test", "elsewhere.test"], sink.sink.port,
                                        milters=milter.postfix_milter if milter else None,
                                        extra=pf_extra).start()
             configs.append(Config(name, milter, pf))
-        log(f"machine: {machine()}")
-        log(f"configs: {', '.join(c.name for c in configs)}; points: "
+        log(f"part 1 configs: {', '.join(c.name for c in configs)}; points: "
             + ", ".join(f"{s} sessions x {n} msgs" for s, n in counts.items())
-            + f"; {args.reps} reps")
+            + f"; mix {args.mix} (member,nonmember,nolist); {args.reps} reps")
         # warm-up: Postfix's smtpd processes, the milters, listgate's caches (SPF, lists)
         for cfg in configs:
-            run_point(cfg, sink, msgfile, 10, 100)
+            run_point(cfg, sink, make_jobs(100, mix, messages), 10)
         log("warm-up done (100 messages per config, checked)")
-
         results: dict[str, dict[int, list[dict]]] = {c.name: {s: [] for s in counts}
                                                     for c in configs}
         for rep in range(args.reps):
             for sessions, count in counts.items():
+                jobs = make_jobs(count, mix, messages)
                 for cfg in configs:
-                    r = run_point(cfg, sink, msgfile, sessions, count)
+                    r = run_point(cfg, sink, jobs, sessions)
                     results[cfg.name][sessions].append(r)
                     cpu = r["milter_cpu_ms_per_msg"]
-                    log(f"rep {rep + 1} {cfg.name:<22} s={sessions:<3} {count} msgs "
-                        f"{r['seconds']:7.2f}s {r['msgs_per_s']:8.1f} msg/s"
+                    log(f"rep {rep + 1} {cfg.name:<24} s={sessions:<3} {count} msgs "
+                        f"{r['seconds']:6.2f}s {r['msgs_per_s']:7.1f} msg/s "
+                        f"p99 {r['p99_ms']:6.1f} ms"
                         + (f"  milter CPU {cpu:.2f} ms/msg" if cpu is not None else ""))
+        if args.quickack:
+            inet = [c for c in configs if c.name.endswith("/inet")]
+            with loopback_quickack():
+                log("loopback route: quickack 1 (delayed ACKs off), inet configs again")
+                for rep in range(args.reps):
+                    for sessions, count in counts.items():
+                        jobs = make_jobs(count, mix, messages)
+                        for cfg in inet:
+                            r = run_point(cfg, sink, jobs, sessions)
+                            results.setdefault(f"{cfg.name}+quickack", {}).setdefault(
+                                sessions, []).append(r)
+                            log(f"rep {rep + 1} {cfg.name + '+quickack':<24} s={sessions:<3} "
+                                f"{r['msgs_per_s']:7.1f} msg/s p99 {r['p99_ms']:6.1f} ms")
         nodelay = {m.transport: "TCP_NODELAY set on the milter socket" in m.d.log_text()
                    for m in milters if isinstance(m, Listgate)}
     finally:
@@ -393,65 +494,136 @@ def main() -> int:
             cfg.postfix.stop()
         for m in milters:
             m.close()
+        for mm in stack:
+            mm.stop()
         sink.stop()
-        dns.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    elapsed = time.monotonic() - started
-
-    # ---- report
     runs: dict[str, dict[str, dict]] = {}
     details: dict[str, dict[str, dict]] = {}
     for name, per in results.items():
         for sessions, reps in per.items():
             med = statistics.median(r["msgs_per_s"] for r in reps)
+            p99 = statistics.median(r["p99_ms"] for r in reps)
             cpus = [r["milter_cpu_ms_per_msg"] for r in reps if r["milter_cpu_ms_per_msg"]]
             runs.setdefault(name, {})[str(sessions)] = {"msgs_per_s": round(med, 1),
-                                                        "p99_ms": None}
+                                                        "p99_ms": round(p99, 1)}
             details.setdefault(name, {})[str(sessions)] = {
                 "messages": counts[sessions], "reps": reps,
                 "milter_cpu_ms_per_msg_median": statistics.median(cpus) if cpus else None}
-    out = {
-        "runs": runs,
-        "scale": {},
-        "machine": machine(),
-    }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    extra = {
-        "per_point": details,
-        "mix": "100% list posts by a member (From: member, To: list), one message per "
-               "SMTP session, 2048-byte message sent with smtp-source -F",
-        "p99_ms": "not measured: smtp-source reports no per-message latency",
-        "not_measured": NOT_MEASURED,
-        "listgate_tcp_nodelay_logged": nodelay,
-        "reps": args.reps,
-        "total_seconds": round(elapsed, 1),
-        "command": "make bench (.venv/bin/python bench/run.py)",
-    }
-    Path(args.out).with_suffix(".details.json").write_text(json.dumps(extra, indent=2) + "\n")
+    return {"runs": runs, "details": details, "counts": counts, "nodelay": nodelay,
+            "mailman3": mm3_info}
 
-    sess = list(counts)
+
+COMMON_HEADERS = [("Subject", "benchmark post"), ("Date", "Mon, 1 Jan 2024 00:00:00 +0000"),
+                  ("Message-ID", "<bench@bench.test>"), ("MIME-Version", "1.0"),
+                  ("Content-Type", "text/plain; charset=us-ascii")]
+
+
+def print_mta_table(mta: dict, reps: int) -> None:
+    runs, details = mta["runs"], mta["details"]
+    sess = [str(s) for s in mta["counts"]]
     base = runs["no-milter"]
     print()
-    print(f"msgs/s (median of {args.reps}) and ratio to no-milter of this run; "
-          "mix: 100% member list posts, 2 KB, 1 message per session")
-    header = f"{'config':<24}" + "".join(f"{f'{s} sess':>20}" for s in sess)
+    print(f"Part 1, through Postfix: msgs/s (ratio to no-milter of this run) and p99 ms; "
+          f"median of {reps}; 2 KB messages, 1 per SMTP session")
+    header = f"{'config':<32}" + "".join(f"{f'{s} sessions':>28}" for s in sess) + \
+        f"{'CPU ms/msg':>12}"
     print(header)
     print("-" * len(header))
     for name in runs:
         cells = []
         for s in sess:
-            v = runs[name][str(s)]["msgs_per_s"]
-            ratio = v / base[str(s)]["msgs_per_s"]
-            cells.append(f"{v:>10.1f} ({ratio:4.2f}x)")
-        print(f"{name:<24}" + "".join(f"{c:>20}" for c in cells))
-    for name in NOT_MEASURED:
-        print(f"{name:<24}{'not measured':>20}")
-    print("p99_ms: not measured (smtp-source gives no per-message latency)")
-    cpu_line = ", ".join(
-        f"{n} {details[n][str(s)]['milter_cpu_ms_per_msg_median']:.2f}"
-        for n in runs if n != "no-milter" for s in sess[-1:])
-    print(f"milter CPU ms/msg at {sess[-1]} sessions: {cpu_line}")
-    print(f"listgate logged TCP_NODELAY: {nodelay}")
+            v = runs[name][s]
+            ratio = v["msgs_per_s"] / base[s]["msgs_per_s"]
+            cells.append(f"{v['msgs_per_s']:>7.1f} ({ratio:4.2f}x) {v['p99_ms']:>6.1f} ms")
+        cpu = details[name][sess[-1]]["milter_cpu_ms_per_msg_median"]
+        print(f"{name:<32}" + "".join(f"{c:>28}" for c in cells)
+              + (f"{cpu:>12.2f}" if cpu else f"{'':>12}"))
+    targets = []
+    for t in ("unix", "inet"):
+        lg, mi, ps = (runs.get(f"listgate-sqlite/{t}"), runs.get(f"minimal-pymilter/{t}"),
+                      runs.get(f"pyspf-milter/{t}"))
+        if not lg:
+            continue
+        for s in sess:
+            parts = [f"{lg[s]['msgs_per_s'] / base[s]['msgs_per_s']:.2f}x no-milter"]
+            if mi:
+                parts.append(f"{lg[s]['msgs_per_s'] / mi[s]['msgs_per_s']:.2f}x minimal")
+            if ps:
+                parts.append(f"{lg[s]['msgs_per_s'] / ps[s]['msgs_per_s']:.2f}x pyspf-milter")
+            targets.append(f"listgate-sqlite/{t} s={s}: " + ", ".join(parts))
+        mm = runs.get(f"listgate-mailman3/{t}")
+        if mm:
+            targets.append(f"listgate-mailman3/{t}: " + ", ".join(
+                f"s={s} {mm[s]['msgs_per_s'] / lg[s]['msgs_per_s']:.2f}x sqlite" for s in sess))
+    for line in targets:
+        print("  " + line)
+    print(f"listgate logged TCP_NODELAY: {mta['nodelay']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per point (median)")
+    ap.add_argument("--counts", default="1:200,10:800,50:800",
+                    help="part 1: SESSIONS:MESSAGES,... per point (default %(default)s)")
+    ap.add_argument("--sessions", default="", help="part 1: only these session counts")
+    ap.add_argument("--configs", default="",
+                    help="part 1: only these configs (comma separated; no-milter always runs)")
+    ap.add_argument("--quickack", action=argparse.BooleanOptionalAction, default=True,
+                    help="part 1: also run the inet configs with delayed ACKs off on the "
+                         "loopback route (changed for the run, then restored)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    protocol.add_arguments(ap)
+    ap.set_defaults(parts="mta,protocol,scale,growth")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run.py must run as root (it starts private servers)", file=sys.stderr)
+        return 2
+    parts = set(args.parts.split(","))
+    started = time.monotonic()
+    infra.E2E_ROOT.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=infra.E2E_ROOT))
+    os.chmod(workdir, 0o755)
+    # real SPF records live for minutes to hours; listgate's resolver caches them
+    dns = infra.DnsServer(txt={**dict.fromkeys(protocol.DNS_TXT, SPF)}, ttl=300).start()
+    log(f"machine: {machine()}")
+    mta: dict = {}
+    other: dict = {"protocol": None, "scale": {}}
+    timing: dict = {}
+    try:
+        if "mta" in parts:
+            t0 = time.monotonic()
+            mta = part_mta(args, dns, workdir)
+            timing["mta_s"] = round(time.monotonic() - t0, 1)
+        if parts - {"mta"}:
+            args.parts = ",".join(sorted(parts - {"mta"}))
+            other = protocol.run_all(args, dns)
+    finally:
+        dns.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    out = {"runs": mta.get("runs", {}), "scale": other.get("scale") or {},
+           "protocol": other.get("protocol"), "machine": machine()}
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    extra = {
+        "part1_per_point": mta.get("details"),
+        "part1_mix": {"weights member,nonmember,nolist": args.mix,
+                      "member": f"{MEMBER} -> {LIST}", "nonmember": f"{STRANGER} -> {LIST}",
+                      "nolist": f"{NOLIST_FROM} -> {NOLIST_TO}", "size": MSG_SIZE,
+                      "per_session": 1, "client": "bench/smtpload.py (asyncio, no PIPELINING)"},
+        "p99_ms": "99th percentile of connect -> reply to end of DATA, over every message "
+                  "of a point; median over the repetitions",
+        "listgate_tcp_nodelay_logged": mta.get("nodelay"),
+        "mailman3": mta.get("mailman3"),
+        "reps": args.reps,
+        "seconds": {**timing, **(other.get("scale") or {}).get("seconds", {}),
+                    "total_s": round(elapsed, 1)},
+        "command": "make bench (.venv/bin/python bench/run.py)",
+    }
+    Path(args.out).with_suffix(".details.json").write_text(json.dumps(extra, indent=2) + "\n")
+    if mta:
+        print_mta_table(mta, args.reps)
+    if other.get("protocol") or other.get("scale"):
+        protocol.report(other)
     print(f"total run time {elapsed:.0f} s; results written to {args.out}")
     return 0
 
