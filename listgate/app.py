@@ -32,5 +32,5 @@ def build_engine(cfg: Config, log: logging.Logger | None = None) -> Engine:
     """Everything the decision needs, from the config; raises on a bad backend config."""
     configure_dns(cfg.dns.nameservers, cfg.dns.timeout)
     name = receiver_name(cfg)
-    spf = SpfChecker(name, cfg.spf.timeout, cfg.dns.timeout)
+    spf = SpfChecker(name, cfg.spf.timeout, cfg.dns.timeout, cfg.spf.cache_ttl)
     return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log, host_name=name)

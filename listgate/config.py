@@ -260,6 +260,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "temperror": Opt("tempfail", _choice(*SPF_ACTIONS)),
         "helo_fail": Opt("reject", _choice("reject", "accept")),
         "timeout": Opt("20", _positive_seconds),
+        "cache_ttl": Opt("60", _seconds),
     },
     "lists": {
         "backend": Opt("sqlite", _choice("sqlite", "mailman3", "mailman2")),

@@ -88,6 +88,7 @@ class TrustResult:
     hops: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_ip(ip: str) -> str:
     """A canonical IP string: no ``[]``/``IPv6:``/zone index, IPv4-mapped made IPv4.
 

@@ -51,3 +51,19 @@ def test_a_dead_server_is_a_temperror_and_is_not_cached(dns_server):
     # a whole SPF check says temperror, as pyspf's own lookup would
     result = spfcheck.SpfChecker("mx.test", 5, 0.5).check("192.0.2.1", "a@cached.test", "h")
     assert result.result == "temperror"
+
+
+def test_spf_results_reused_for_cache_ttl_but_never_a_temperror(dns_server):
+    cached = spfcheck.SpfChecker("mx.test", 5, 0.5, cache_ttl=60)
+    fresh = spfcheck.SpfChecker("mx.test", 5, 0.5, cache_ttl=0)
+    first = cached.check("192.0.2.1", "a@cached.test", "mail.cached.test")
+    assert first.result == "pass" and "client-ip=192.0.2.1" in first.header
+    dns_server.stop()
+    spfcheck.clear_dns_cache()  # nothing left to answer from but the result cache
+    assert cached.check("192.0.2.1", "a@cached.test", "mail.cached.test") == first
+    assert fresh.check("192.0.2.1", "a@cached.test", "mail.cached.test").result == "temperror"
+    # another sender, IP or HELO is another question
+    assert cached.check("192.0.2.2", "a@cached.test", "mail.cached.test").result == "temperror"
+    assert cached.check("192.0.2.1", "b@cached.test", "mail.cached.test").result == "temperror"
+    # ... and its temperror was not kept
+    assert len(cached.results) == 1
