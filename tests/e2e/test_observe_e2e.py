@@ -17,12 +17,9 @@ import urllib.request
 import infra
 import pytest
 from lgdaemon import LISTGATE, ListgateDaemon
+from test_postfix import BAD_IP, GOOD_IP, LIST, MEMBER, OTHER
 
 from listgate.logfile import REOPEN_CHECK_SECONDS
-
-LIST, OTHER = "dev@lists.test", "ops@lists.test"
-GOOD_IP, BAD_IP = "127.0.0.2", "127.0.0.3"
-MEMBER = "m@pass.test"
 
 DNS = {
     "txt": {
