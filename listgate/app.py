@@ -6,6 +6,7 @@ same resolver, backend, caches and SPF settings.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -17,10 +18,11 @@ from listgate.spfcheck import SpfChecker, configure_dns
 
 
 def load_is_dynip() -> Callable[[str, str], bool]:
-    """pymilter's dynamic-PTR heuristic (``Milter.dynip.is_dynip``)."""
+    """pymilter's dynamic-PTR heuristic (``Milter.dynip.is_dynip``), remembered per
+    (PTR name, IP): the same MTAs connect again and again, and it is a pure function."""
     from Milter.dynip import is_dynip
 
-    return is_dynip
+    return functools.lru_cache(maxsize=4096)(is_dynip)
 
 
 def receiver_name(cfg: Config) -> str:

@@ -238,6 +238,8 @@ class Session:
     def __init__(self, engine: Engine, conn_id: str) -> None:
         self.engine = engine
         self.conn_id = conn_id
+        #: log_level = debug: the per-stage lines are written (see :meth:`debug`)
+        self.debugging = engine.log.isEnabledFor(logging.DEBUG)
         self.hostname = ""
         self.ip: str | None = None
         self.internal = False
@@ -283,9 +285,10 @@ class Session:
         At the default ``info`` each transaction logs ONE line, its verdict, which
         carries these facts (:meth:`context`): measured under load, six lines per
         message cost a third of listgate's CPU (threads queueing on the log file).
+        Callers test :attr:`debugging` first, so that the arguments (cleaned for the
+        log) are not even computed at ``info``.
         """
-        if self.engine.log.isEnabledFor(logging.DEBUG):
-            self.log(msg, *args, level=logging.DEBUG)
+        self.log(msg, *args, level=logging.DEBUG)
 
     def verdict(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
         """The transaction's verdict line: ``msg`` followed by :meth:`context`."""
@@ -352,8 +355,9 @@ class Session:
             except Exception:  # noqa: BLE001 - a heuristic must not break a connection
                 dyn = False
             self.dynamic = no_ptr or bool(dyn)
-        self.debug("connect from %s at %s %s", clean(self.hostname, 255), self.ip or "local",
-                 " ".join(self.client_class))
+        if self.debugging:
+            self.debug("connect from %s at %s %s", clean(self.hostname, 255),
+                       self.ip or "local", " ".join(self.client_class))
         if (not self.internal and self.hostname.lower().rstrip(".") in ("localhost", "")
                 and self.hostname and not _is_loopback(self.ip)) or self.hostname == ".":
             self.pending = ("connect", Decision(REJECT, Reply("550", "5.7.1",
@@ -365,7 +369,8 @@ class Session:
         """Remember the HELO name; a bad one is refused at MAIL FROM (see module doc)."""
         self.helo_name = name
         self.stage = "helo"
-        self.debug("hello from %s", clean(name, 255))
+        if self.debugging:
+            self.debug("hello from %s", clean(name, 255))
         if self.internal or self.pending:
             return OK
         bare = name.strip()
@@ -390,8 +395,9 @@ class Session:
             self.auth_user = auth_user
             self.authenticated = True
             self.internal = True
-        self.debug("mail from <%s>%s", clean(self.mail_from, 255),
-                 f" auth={clean(auth_user)}" if auth_user else "")
+        if self.debugging:
+            self.debug("mail from <%s>%s", clean(self.mail_from, 255),
+                       f" auth={clean(auth_user)}" if auth_user else "")
         # in observe mode a refusal is only logged, and the next checks still run
         for check in (self._delayed_refusal, self._domain_rules, self._spf):
             decision = check()
@@ -444,7 +450,8 @@ class Session:
         if self.mail_from and self.helo_name and eng.cfg.spf.helo_fail == REJECT:
             helo = eng.spf.check(self.ip, "", self.helo_name)
             if helo.result == "fail":
-                self.debug("SPF fail identity=helo: %s", clean(helo.explanation, 200))
+                if self.debugging:
+                    self.debug("SPF fail identity=helo: %s", clean(helo.explanation, 200))
                 return self._refuse("mail", Decision(REJECT, Reply(
                     "550", "5.7.23", f"SPF fail for HELO {clean(self.helo_name)}: "
                                      f"{clean(helo.explanation)}"), ("hello SPF fail",)))
@@ -454,7 +461,9 @@ class Session:
     def _spf_policy(self, stage: str, res: SpfResult) -> Decision:
         """Map an SPF result through the [spf] actions to the answer (logged)."""
         action = self.engine.spf_actions.get(res.result, "accept")
-        self.debug("SPF %s identity=%s: %s", res.result, res.identity, clean(res.explanation, 200))
+        if self.debugging:
+            self.debug("SPF %s identity=%s: %s", res.result, res.identity,
+                       clean(res.explanation, 200))
         if action == ACCEPT:
             return OK
         (rcode, rx), (tcode, tx) = _SPF_REPLIES.get(res.result, _SPF_OTHER)
@@ -515,7 +524,9 @@ class Session:
             self.verdict("DEFER: rcpt to <%s>%s: one list post per transaction (%s)",
                          clean(addr, 255), f" list={rc.list}" if rc.list else "", rc.reply)
             return Decision(TEMPFAIL, rc.reply, ("one list post per transaction",))
-        self.debug("rcpt to <%s>%s", clean(addr, 255), f" list={rc.list}" if rc.list else "")
+        if self.debugging:
+            self.debug("rcpt to <%s>%s", clean(addr, 255),
+                       f" list={rc.list}" if rc.list else "")
         return OK
 
     def _rcpt_backend_error(self, rc: Rcpt, err: BackendError) -> Decision:
@@ -613,7 +624,8 @@ class Session:
         if self._trust is None and eng.submission_nets and not self.internal:
             self._trust = trusted_path(self.headers.get("received", ()), self.ip,
                                        eng.submission_nets, eng.relay_nets)
-            self.debug("trust: %s", self._trust.reason)
+            if self.debugging:
+                self.debug("trust: %s", self._trust.reason)
         return self._trust
 
     def senders(self) -> tuple[str, ...]:
@@ -694,8 +706,9 @@ class Session:
                 dkim = verify_dkim(message, truncated_at=self.body_data.truncated_at,
                                    timeout=self.engine.cfg.dns.timeout)
                 for r in dkim:
-                    self.debug("DKIM %s d=%s s=%s: %s", r.result, clean(r.domain),
-                             clean(r.selector), clean(r.reason, 200))
+                    if self.debugging:
+                        self.debug("DKIM %s d=%s s=%s: %s", r.result, clean(r.domain),
+                                   clean(r.selector), clean(r.reason, 200))
             trust = self.trust()
             self._auth = AuthFacts.build(self.mail_from or "", self.spf, dkim,
                                          internal=self.internal,

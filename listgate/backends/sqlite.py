@@ -36,6 +36,7 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -202,8 +203,12 @@ def _role(role: str) -> str:
     return role
 
 
+@functools.lru_cache(maxsize=256)
 def _policy(row: Sequence[Any]) -> model.ListPolicy:
-    """A ``lists`` row (in ``_LIST_COLUMNS`` order) -> ListPolicy; ValueError on bad JSON."""
+    """A ``lists`` row (in ``_LIST_COLUMNS`` order) -> ListPolicy; ValueError on bad JSON.
+
+    Remembered per row (a tuple: the same row means the same policy), as the row is
+    read again with every sender the facts cache has not seen."""
     lists = []
     for key, raw in zip(model.NONMEMBER_LISTS, row[4:8], strict=True):
         try:
