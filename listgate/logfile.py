@@ -86,12 +86,3 @@ class LogFile(logging.handlers.WatchedFileHandler):
             logging.FileHandler.emit(self, record)  # opens the file again if it must
         except OSError:
             self.handleError(record)
-
-    def reopen_now(self) -> None:
-        """Check at once (e.g. on SIGHUP, after logrotate's postrotate)."""
-        self._next_check = 0.0
-        self.acquire()
-        try:
-            super().reopenIfNeeded()
-        finally:
-            self.release()
