@@ -448,14 +448,15 @@ class Session:
         if self.internal or self.trusted or eng.spf is None or self.ip is None:
             return OK
         if self.mail_from and self.helo_name and eng.cfg.spf.helo_fail == REJECT:
-            helo = eng.spf.check(self.ip, "", self.helo_name)
+            helo = eng.spf.check(self.ip, "", self.helo_name, self.authserv_id)
             if helo.result == "fail":
                 if self.debugging:
                     self.debug("SPF fail identity=helo: %s", clean(helo.explanation, 200))
                 return self._refuse("mail", Decision(REJECT, Reply(
                     "550", "5.7.23", f"SPF fail for HELO {clean(self.helo_name)}: "
                                      f"{clean(helo.explanation)}"), ("hello SPF fail",)))
-        self.spf = eng.spf.check(self.ip, self.mail_from or "", self.helo_name or "")
+        self.spf = eng.spf.check(self.ip, self.mail_from or "", self.helo_name or "",
+                                 self.authserv_id)
         return self._spf_policy("mail", self.spf)
 
     def _spf_policy(self, stage: str, res: SpfResult) -> Decision:
@@ -488,7 +489,7 @@ class Session:
             self.log("SPF not checked: TRUSTED relay %s wrote no parsable Received header",
                      self.ip)
             return OK
-        self.spf = eng.spf.check(hop.ip, self.mail_from or "", hop.from_name)
+        self.spf = eng.spf.check(hop.ip, self.mail_from or "", hop.from_name, self.authserv_id)
         return self._spf_policy("eom", self.spf)
 
     def rcpt(self, recipient: str) -> Decision:

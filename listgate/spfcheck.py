@@ -141,24 +141,30 @@ class SpfChecker:
         self.cache_ttl = cache_ttl
         self.results = TTLCache(DNS_CACHE_SIZE)
 
-    def check(self, ip: str, sender: str, helo: str) -> SpfResult:
-        """SPF for MAIL FROM ``sender``, or for the HELO identity when sender is empty."""
-        key = (ip, sender, helo)
+    def check(self, ip: str, sender: str, helo: str, receiver: str | None = None) -> SpfResult:
+        """SPF for MAIL FROM ``sender``, or for the HELO identity when sender is empty.
+
+        ``receiver`` names us in Received-SPF (default: the name given at start-up); the
+        engine passes the connection's authserv-id, so that Received-SPF and
+        Authentication-Results name the same host.
+        """
+        receiver = receiver or self.receiver
+        key = (ip, sender, helo, receiver)
         if self.cache_ttl:
             hit = self.results.get(key)
             if not TTLCache.missing(hit):
                 return hit
         identity = "mailfrom" if sender else "helo"
         try:
-            q = spf.query(i=ip, s=sender, h=helo or "", receiver=self.receiver,
+            q = spf.query(i=ip, s=sender, h=helo or "", receiver=receiver,
                           timeout=min(self.dns_timeout, self.timeout), querytime=self.timeout)
             result, _code, expl = q.check()
-            header = q.get_header(result, self.receiver)
+            header = q.get_header(result, receiver)
         except Exception as e:  # noqa: BLE001 - pyspf must never take the daemon down
             log.warning("SPF evaluation failed for ip=%s sender=%r helo=%r: %s: %s",
                         ip, sender, helo, type(e).__name__, e)
             result, expl = "temperror", f"SPF evaluation error: {type(e).__name__}"
-            header = (f"temperror ({self.receiver}: {expl}) client-ip={ip}; "
+            header = (f"temperror ({receiver}: {expl}) client-ip={ip}; "
                       f"identity={identity}")
         out = SpfResult(result=result, identity=identity, explanation=str(expl), header=header)
         if self.cache_ttl and result != "temperror":

@@ -41,10 +41,9 @@ def test_mail_refusal_as_a_sendmail_client_reads_it(daemon, mta, smtp_sink):
 
 
 def test_macros_j_and_i_reach_listgate(dns, mta_factory, smtp_sink):
-    """With no authserv_id configured, Authentication-Results names the MTA by macro
-    j; listgate's log lines carry sendmail's queue ID (macro i), also at end of
-    message. (Received-SPF's receiver is fixed at start-up: authserv_id or this host's
-    FQDN, so it is not asserted here.)"""
+    """With no authserv_id configured, Authentication-Results and Received-SPF both
+    name the MTA by macro j; listgate's log lines carry sendmail's queue ID (macro i),
+    also at end of message."""
     d = _daemon(dns, config="[milter]\nauthserv_id =\n")
     try:
         r, msg = send(mta_factory(d), frm=MEMBER, mail_from="bounce@pass.test", rcpts=[LIST])
@@ -52,6 +51,8 @@ def test_macros_j_and_i_reach_listgate(dns, mta_factory, smtp_sink):
         qid = re.match(r"2\.0\.0 (\w+) Message accepted", r.data.text).group(1)
         got = delivered(smtp_sink, msg)
         assert got.first_header[0] == "Received-SPF"
+        assert got.first_header[1].startswith("Pass (mx.sendmail.test: domain of ")
+        assert "receiver=mx.sendmail.test;" in got.first_header[1]
         assert got.headers[1] == ("Authentication-Results",
                                   "mx.sendmail.test; spf=pass smtp.mailfrom=pass.test")
         d.wait_for_log(rf"\] {qid}: ACCEPT: list=dev@lists\.test")

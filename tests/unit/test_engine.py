@@ -54,9 +54,11 @@ class ScriptedSpf:
         self.result = result
         self.helo_result = helo_result
         self.calls: list[tuple[str, str, str]] = []
+        self.receivers: list[str | None] = []
 
-    def check(self, ip: str, sender: str, helo: str) -> SpfResult:
+    def check(self, ip: str, sender: str, helo: str, receiver: str | None = None) -> SpfResult:
         self.calls.append((ip, sender, helo))
+        self.receivers.append(receiver)
         result = self.result if sender else self.helo_result
         return SpfResult(result, "mailfrom" if sender else "helo", "explained %",
                          f"{result.capitalize()} (test) client-ip={ip}")
@@ -511,3 +513,13 @@ def test_require_authenticated_sender_modes(mode: str, action: str,
         assert "OBSERVE: require_authenticated_sender would make list=dev@lists.test hold " \
                "instead of accept" in caplog.text
     assert engine.needs_body is (mode != "no")
+
+
+def test_received_spf_names_the_same_host_as_authentication_results() -> None:
+    """With no [milter] authserv_id both headers name the MTA (macro j)."""
+    engine, _b, spf = make()
+    s = engine.session("1")
+    s.connect("mail.pass.test", "192.0.2.10", "mx.example.org")
+    s.helo("mail.pass.test")
+    assert not s.mail("<a@pass.test>").refuses
+    assert spf.receivers[-1] == "mx.example.org" == s.authserv_id

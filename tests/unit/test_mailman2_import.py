@@ -103,7 +103,8 @@ def test_require_authenticated_sender_with_mailman2(mm2: Path) -> None:
     from listgate.spfcheck import SpfResult
 
     class Softfail:
-        def check(self, ip: str, sender: str, helo: str) -> SpfResult:
+        def check(self, ip: str, sender: str, helo: str,
+                  receiver: str | None = None) -> SpfResult:
             return SpfResult("softfail" if sender else "none", "mailfrom", "", "x")
 
     for mode, frm, action in [("no", "m@x.org", CONTINUE), ("yes", "m@x.org", REJECT),
