@@ -43,6 +43,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 import time
@@ -613,6 +614,17 @@ def authentication_results(
     gives ``mx.example.net; none``.  Values that are not plain domain names are left
     out rather than risk a forged clause.
     """
+    if spf is not None and "@" in (spf[1] or ""):
+        spf = (spf[0], addresses.domain_of(spf[1]))  # the same header for every sender
+    return _authentication_results(authserv_id, spf, tuple(dkim), spf_identity)
+
+
+@functools.lru_cache(maxsize=1024)
+def _authentication_results(authserv_id: str, spf: tuple[str, str] | None,
+                            dkim: tuple[DkimResult, ...], spf_identity: str) -> str:
+    """:func:`authentication_results`, remembered: a pure function of its arguments, and
+    building the header through authres was the largest single cost at end of message
+    once SPF and the list lookups are cached (the same domains post again and again)."""
     sid = header_value(authserv_id).strip()
     if not sid or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+", sid):
         raise ValueError(f"authserv-id {authserv_id!r} is not a token")

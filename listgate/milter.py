@@ -137,14 +137,17 @@ class ListgateMilter(Milter.Base):
             # shutting down: ending the connection here makes the MTA apply its
             # milter_default_action, exactly as if the daemon were already gone
             return Milter.TEMPFAIL
-        rc = super().negotiate(opts)
-        if rc == Milter.CONTINUE:
-            opts[0] = self._actions = opts[0] & ACTIONS
-            if not self.engine.needs_body:
-                # the body is read only for DKIM, when some list requires authenticated
-                # senders: otherwise the MTA need not send it at all
-                opts[1] = self._protocol = (opts[1] | Milter.P_NOBODY) & ~Milter.P_NR_BODY
-        return rc
+        # pymilter's Base.negotiate, without its per-connection scan for @symlist
+        # callbacks (listgate declares none): the protocol mask is computed once per class
+        protocol = opts[1] & ~self.protocol_mask()
+        if not self.engine.needs_body:
+            # the body is read only for DKIM, when some list requires authenticated
+            # senders: otherwise the MTA need not send it at all
+            protocol = (protocol | Milter.P_NOBODY) & ~Milter.P_NR_BODY
+        opts[0] = self._actions = opts[0] & ACTIONS
+        opts[1] = self._protocol = protocol
+        opts[2] = opts[3] = 0
+        return Milter.CONTINUE
 
     def __init__(self) -> None:
         self.conn_id = str(next(_ids))

@@ -20,7 +20,11 @@ _SPACES = re.compile(r" {2,}")
 
 def clean(value: object, limit: int = 120) -> str:
     """One line of printable ASCII, at most ``limit`` characters, from any value."""
-    text = _SPACES.sub(" ", _UNSAFE.sub("?", str(value))).strip()
+    text = str(value)
+    if not (text.isascii() and text.isprintable() and "  " not in text):
+        # the common case (already clean) skips the two substitutions
+        text = _SPACES.sub(" ", _UNSAFE.sub("?", text))
+    text = text.strip()
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text

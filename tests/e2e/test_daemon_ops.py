@@ -439,10 +439,10 @@ def serve_as_nobody(cfg: Path, err: Path) -> int:
         try:
             sys.stderr = open(err, "w")  # flushed before _exit
             # imported while still root: the interpreter's own files may be root's only
-            import listgate.admin
-            import listgate.check
+            # (building the parser imports every command's module and what they import)
             import listgate.daemon  # noqa: F401
-            from listgate.cli import main
+            from listgate.cli import build_parser, main
+            build_parser()
             nobody = pwd.getpwnam("nobody")
             os.setgroups([])
             os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
