@@ -206,6 +206,8 @@ class ListgateMilter(Milter.Base):
     @Milter.noreply
     @_guarded("header")
     def header(self, name: str, value: str) -> int:
+        """What pymilter's negotiation looks at (defined: headers wanted; @noreply: no
+        reply to each); the calls themselves arrive at :meth:`header_bytes`."""
         if self.session is not None:
             self.session.header(name, value)
         return Milter.CONTINUE
