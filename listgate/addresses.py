@@ -1,8 +1,8 @@
 """Who "the sender" is, exactly as Mailman 3 computes it.
 
 Mailman 3 (``email/message.py`` ``Message.senders``) walks ``sender_headers``
-(``from from_ reply-to sender``), parses every occurrence of each header with
-``email.utils.getaddresses``, lowercases, and drops addresses its validator
+(``from from_ reply-to sender``), RFC 2047 decodes every occurrence of each header,
+parses it with ``email.utils.getaddresses``, lowercases, and drops addresses its validator
 (``email/validate.py``) refuses.  listgate must pick the same addresses or its
 prediction of the list's decision would be wrong, so this module copies those rules
 rather than using a "better" parser.  There is deliberately no ``+tag`` folding.
@@ -14,6 +14,8 @@ import email.utils
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
+
+from listgate.compat32 import header_addresses as header_addresses_decoded
 
 #: Mailman's default ``[mailman] sender_headers``; ``from_`` is the envelope sender.
 SENDER_HEADERS = ("from", "from_", "reply-to", "sender")
@@ -49,18 +51,16 @@ def strip_brackets(address: str) -> str:
 
 
 def header_addresses(values: Iterable[str]) -> list[str]:
-    """Every address in the given header values, lowercased, in order (may be invalid)."""
+    """Every address in the given header values, lowercased, in order (may be invalid),
+    parsed as they stand (Mailman 2's ``get_sender``; Mailman 3 decodes first: see
+    :func:`senders`)."""
     vals = tuple(v for v in values if v)
     return list(_parse(vals)) if vals else []
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse(values: tuple[str, ...]) -> tuple[str, ...]:
-    """``email.utils.getaddresses`` over the values together, as Mailman calls it.
-
-    Cached: the same From/Reply-To values come back with every post of a sender, and
-    both the Mailman 3 and the Mailman 2 sender rules parse them.
-    """
+    """``email.utils.getaddresses`` over the values together."""
     try:
         pairs = email.utils.getaddresses(list(values))
     except Exception:  # noqa: BLE001 - a malformed header is "no address", never a crash
@@ -68,18 +68,25 @@ def _parse(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(addr.lower() for _name, addr in pairs if addr)
 
 
-def senders(headers: Mapping[str, Sequence[str]], envelope_sender: str) -> list[str]:
+def senders(headers: Mapping[str, Sequence[str]], envelope_sender: str,
+            sender_headers: Sequence[str] = SENDER_HEADERS) -> list[str]:
     """The senders of a message in Mailman 3's order, duplicates kept, invalid ones dropped.
 
-    ``headers`` maps lowercased header names to all their values in order.
+    ``headers`` maps lowercased header names to all their values in order, as a milter
+    gets them.  Each value is RFC 2047 decoded first, as ``Message.senders`` does, so
+    an encoded word that decodes to a member's address is that member.  Raises
+    :class:`~listgate.compat32.Unevaluable` where Mailman's own property raises (an
+    encoded word in an unknown charset): Mailman cannot process that post at all.
     """
     out: list[str] = []
-    for h in SENDER_HEADERS:
+    for h in sender_headers:
         if h == "from_":
             if envelope_sender:
                 out.append(envelope_sender.lower())
         else:
-            out.extend(header_addresses(headers.get(h, ())))
+            values = headers.get(h)
+            if values:
+                out.extend(header_addresses_decoded(h, tuple(values)))
     return [s for s in out if is_valid(s)]
 
 

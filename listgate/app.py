@@ -30,9 +30,14 @@ def receiver_name(cfg: Config) -> str:
     return cfg.milter.authserv_id or socket.getfqdn()
 
 
-def build_engine(cfg: Config, log: logging.Logger | None = None) -> Engine:
-    """Everything the decision needs, from the config; raises on a bad backend config."""
+def build_engine(cfg: Config, log: logging.Logger | None = None,
+                 background_refresh: bool = False) -> Engine:
+    """Everything the decision needs, from the config; raises on a bad backend config.
+
+    ``background_refresh``: the daemon's engine refreshes what it remembers about the
+    lists in a thread of its own; ``listgate check`` waits for it instead."""
     configure_dns(cfg.dns.nameservers, cfg.dns.timeout)
     name = receiver_name(cfg)
     spf = SpfChecker(name, cfg.spf.timeout, cfg.dns.timeout, cfg.spf.cache_ttl)
-    return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log, host_name=name)
+    return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log, host_name=name,
+                  background_refresh=background_refresh)

@@ -64,6 +64,7 @@ except ImportError:  # the Debian package carries it: Debian 12 has no python3-p
     from listgate._vendor.publicsuffixlist import PublicSuffixList
 
 from listgate import addresses
+from listgate.compat32 import header_block
 from listgate.reply import clean, header_value
 from listgate.spfcheck import SpfResult
 
@@ -203,11 +204,7 @@ def assemble_message(headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
     canonicalization of a field not written ``Name: value`` cannot verify (as with
     every milter that does not negotiate SMFIP_HDR_LEADSPC).
     """
-    out = []
-    for name, value in headers:
-        raw = f"{name}: {value}".encode("utf-8", "surrogateescape")
-        out.append(re.sub(rb"\r?\n", b"\r\n", raw) + b"\r\n")
-    return b"".join(out) + b"\r\n" + bytes(body)
+    return header_block(headers) + b"\r\n" + bytes(body)
 
 
 def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes:

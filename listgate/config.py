@@ -271,6 +271,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "on_backend_error": Opt("tempfail", _choice("tempfail", "accept")),
         "cache_ttl": Opt("60", _seconds),
         "negative_cache_ttl": Opt("60", _seconds),
+        "refusal_max_age": Opt("5", _seconds),
         "cache_size": Opt("10000", _int),
         "internal_only": Opt("", _lists_or_domains),
         "require_authenticated_sender": Opt("no", _choice("no", "yes", "observe")),

@@ -20,10 +20,10 @@ import time
 from typing import Any
 
 from listgate import addresses
+from listgate.chain import list_verdict
 from listgate.config import Config
 from listgate.engine import Engine
 from listgate.model import Backend, BackendError, ListFacts, Mailman2Facts, owner_of
-from listgate.verdict import list_verdict
 
 #: an address no list has: asking for it proves the backend answers
 PROBE_ADDRESS = "postmaster@listgate.invalid"

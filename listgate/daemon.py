@@ -397,7 +397,7 @@ class Worker:
     def run(self) -> int:
         cfg = self.cfg
         setup_logging(cfg)  # the worker's own handler (closes the inherited one)
-        engine = build_engine(cfg, log)
+        engine = build_engine(cfg, log, background_refresh=True)
         log_stats_on_sigusr1(lambda: ListgateMilter.engine)
         if cfg.metrics.listen:  # [metrics]: imported only when on, so free when off
             from listgate import metrics
@@ -537,7 +537,7 @@ class Worker:
                             _show(key, wanted[key]), _show(key, running[key]))
         resolver = dns.resolver.default_resolver
         try:
-            engine = build_engine(new, log)
+            engine = build_engine(new, log, background_refresh=True)
         except Exception as e:  # noqa: BLE001 - e.g. an unreadable password file
             dns.resolver.default_resolver = resolver
             log.error("SIGHUP: reload failed, keeping the running configuration: %s", e)

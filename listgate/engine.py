@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,8 +34,18 @@ from listgate.authn import (
     verify_dkim,
 )
 from listgate.cache import TTLCache
+from listgate.chain import list_verdict, needs_body
+from listgate.compat32 import Unevaluable
 from listgate.config import Config
-from listgate.model import Backend, BackendError, ListFacts, Mailman2Facts, owner_of
+from listgate.model import (
+    DEFAULT_SITE,
+    Backend,
+    BackendError,
+    ListFacts,
+    Mailman2Facts,
+    owner_of,
+)
+from listgate.post import Post
 from listgate.received import (
     TrustResult,
     in_nets,
@@ -42,8 +54,9 @@ from listgate.received import (
     trusted_path,
 )
 from listgate.reply import Reply, clean, header_value
+from listgate.rules import Context
 from listgate.spfcheck import SpfChecker, SpfResult
-from listgate.verdict import MEMBER, ListVerdict, list_verdict
+from listgate.verdict import MEMBER, ListVerdict
 
 CONTINUE, ACCEPT, REJECT, TEMPFAIL = "continue", "accept", "reject", "tempfail"
 
@@ -54,7 +67,8 @@ COLLECTED = frozenset({"from", "sender", "reply-to", "received", "message-id", "
 #: us is cut (a cut From could hide the member address Mailman would see).
 MAX_VALUES_PER_HEADER = 100
 MAX_VALUE_CHARS = 65536
-#: headers kept for DKIM (only when some list requires authenticated senders)
+#: headers kept in order (for DKIM and the list manager's header rules); a message
+#: with more leaves those rules undecided rather than judged on part of its headers
 MAX_RAW_HEADERS = 1000
 VERDICT_HEADER = "X-Listgate-Verdict"
 TRUSTED_HEADER = "X-Listgate-Trusted"
@@ -155,12 +169,15 @@ class ListLookups:
         self.lists.put(key, found, self.ttl if found else self.negative_ttl)
         return found
 
-    def list_facts(self, list_address: str, senders: tuple[str, ...], primary: str) -> Any:
+    def list_facts(self, list_address: str, senders: tuple[str, ...], primary: str,
+                   max_age: float | None = None) -> Any:
+        """The backend's facts, cached; with ``max_age``, none older than that (a
+        refusal must not rest on an answer from before the sender subscribed)."""
         key = (list_address, senders, primary)
-        hit = self.facts.get(key)
+        hit = self.facts.get(key, max_age=max_age)
         if not TTLCache.missing(hit):
             return hit
-        facts = self.backend.list_facts(list_address, senders, primary)
+        facts = self.backend.list_facts(list_address, senders, primary, max_age=max_age)
         self.facts.put(key, facts, self.ttl)
         return facts
 
@@ -172,12 +189,65 @@ class ListLookups:
                 f"facts cache {self.facts.hits} hits/{self.facts.misses} misses")
 
 
+class BodyLists:
+    """Which lists' rules need the message body, refreshed once per TTL.
+
+    The milter decides at connect whether the MTA sends the body at all, so it must not
+    wait for the backend there: the answer is remembered, and when it expires one
+    background thread asks again while connections go on with the old answer.  Until
+    there is an answer (start-up, or the backend failing) it is None: read every body,
+    the safe side.
+    """
+
+    def __init__(self, compute: Callable[[], frozenset[str]], ttl: float,
+                 log: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
+        self._compute = compute
+        self.ttl = max(ttl, 1.0)
+        self._log = log
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: frozenset[str] | None = None
+        self._expires = 0.0
+        self._refreshing = False
+
+    def get(self, wait: bool = False) -> frozenset[str] | None:
+        """The lists needing the body; None = unknown.  ``wait``: refresh in this
+        thread if expired (``listgate check``), else in the background."""
+        with self._lock:
+            if self._clock() < self._expires or self._refreshing:
+                return self._value
+            self._refreshing = True
+        if wait:
+            self._refresh()
+        else:
+            threading.Thread(target=self._refresh, name="listgate-body-lists",
+                             daemon=True).start()
+        return self._value
+
+    def _refresh(self) -> None:
+        try:
+            value: frozenset[str] | None = self._compute()
+            ttl = self.ttl
+        except Exception as e:  # noqa: BLE001 - any failure: read bodies, ask again soon
+            self._log.warning("cannot tell which lists need the message body (every body is "
+                              "read meanwhile): %s", e)
+            value, ttl = None, min(self.ttl, 10.0)
+        with self._lock:
+            self._value, self._expires, self._refreshing = value, self._clock() + ttl, False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._expires = 0.0
+
+
 class Engine:
     """Everything shared by all connections, computed once at start-up."""
 
     def __init__(self, cfg: Config, backend: Backend, spf: SpfChecker | None,
                  is_dynip: Callable[[str, str], bool],
-                 log: logging.Logger | None = None, host_name: str = "localhost") -> None:
+                 log: logging.Logger | None = None, host_name: str = "localhost",
+                 passwords: Any = None, dmarc: Any = None,
+                 background_refresh: bool = False) -> None:
         self.cfg = cfg
         self.log = log or logging.getLogger("listgate")
         self.backend = backend
@@ -198,12 +268,48 @@ class Engine:
         self.relay_nets = cfg.trust.relay_servers
         #: clients whose posts may come over a trusted submission path
         self.path_nets = self.submission_nets + self.relay_nets
-        #: the body is read (for DKIM) only if some list requires authenticated senders
-        self.needs_body = any(
+        #: DKIM needs the body whenever some list requires authenticated senders
+        self.auth_needs_body = any(
             ov.get("require_authenticated_sender", "no") != "no"
             for ov in (cfg.section("lists"), *cfg.list_overrides.values()))
+        #: the lists whose chain rules read the body (approved line, header rules in MIME
+        #: parts, size...): otherwise the MTA need not send it
+        self.body_lists = BodyLists(self._lists_needing_body, cfg.lists.cache_ttl, self.log)
+        #: the daemon refreshes what it remembers in the background (no connection waits
+        #: for it); ``listgate check`` asks there and then, for the daemon's exact answer
+        self.background_refresh = background_refresh
+        #: the bounded moderator-password check and the DMARC lookup the rules use
+        self.passwords = passwords
+        self.dmarc = dmarc
+        #: a refusal rests on backend answers at most this old
+        self.refusal_max_age = cfg.lists.refusal_max_age
         #: the authserv-id when neither [milter] authserv_id nor the MTA's j is known
         self.default_authserv_id = host_name
+
+    def _lists_needing_body(self) -> frozenset[str]:
+        """Ask the backend for every list's settings and keep those whose rules read the
+        body (:func:`listgate.chain.needs_body`)."""
+        out = set()
+        for address in self.backend.lists():
+            facts = self.backend.list_facts(address, ())
+            holds_refuse = self.cfg.for_list(address, "member_hold_action") != ACCEPT
+            if needs_body(facts, holds_refuse):
+                out.add(address)
+        return frozenset(out)
+
+    def wants_body(self) -> bool:
+        """Should the MTA send message bodies (asked at every connection)?"""
+        if self.auth_needs_body:
+            return True
+        lists = self.body_lists.get(wait=not self.background_refresh)
+        return lists is None or bool(lists)
+
+    def list_needs_body(self, list_address: str) -> bool:
+        """Does this list's verdict read the body (None = not known yet: yes)?"""
+        if self.auth_mode(list_address) != "no":
+            return True
+        lists = self.body_lists.get(wait=not self.background_refresh)
+        return lists is None or list_address in lists
 
     def auth_mode(self, list_address: str) -> str:
         """require_authenticated_sender for this list: no, yes or observe."""
@@ -221,12 +327,13 @@ class Engine:
 
     def internal_only_reply(self, list_address: str) -> Reply:
         org = self.cfg.network.organisation or addresses.domain_of(list_address)
-        return Reply("550", "5.7.1",
+        return Reply("550", "5.7.2",
                      f"{clean(list_address, 100)} accepts posts from inside {clean(org, 100)} "
                      "only")
 
-    def session(self, conn_id: str) -> Session:
-        return Session(self, conn_id)
+    def session(self, conn_id: str, reads_body: bool = True) -> Session:
+        """A new connection's session; ``reads_body``: the MTA was asked for bodies."""
+        return Session(self, conn_id, reads_body)
 
     def in_nets(self, ip: str | None, nets: Sequence[Any]) -> bool:
         return ip is not None and in_nets(ip, nets)
@@ -235,9 +342,11 @@ class Engine:
 class Session:
     """One SMTP connection.  Methods are called in SMTP order; each returns a Decision."""
 
-    def __init__(self, engine: Engine, conn_id: str) -> None:
+    def __init__(self, engine: Engine, conn_id: str, reads_body: bool = True) -> None:
         self.engine = engine
         self.conn_id = conn_id
+        #: the MTA sends the body (negotiated at connect): no chunk means an empty body
+        self.reads_body = reads_body
         #: log_level = debug: the per-stage lines are written (see :meth:`debug`)
         self.debugging = engine.log.isEnabledFor(logging.DEBUG)
         self.hostname = ""
@@ -268,11 +377,15 @@ class Session:
         self.observed: tuple[str, Decision] | None = None
         self._trust: TrustResult | None = None
         self._auth: AuthFacts | None = None
-        #: every header, in order, and the body: only when some list requires
-        #: authenticated senders (DKIM needs the whole message)
+        #: every header, in order (the list manager's header rules, DKIM), and the body
+        #: when the MTA sends it (DKIM, and the chain rules of lists that read it)
         self.raw_headers: list[tuple[str, str]] = []
+        #: indexes into raw_headers of the headers we delete (forged X-Listgate-*...)
+        self._dropped: set[int] = set()
+        #: more than MAX_RAW_HEADERS headers came: header rules cannot be judged
+        self.headers_cut = False
         self.body_data = (BodyCollector(self.engine.cfg.milter.max_body_bytes)
-                          if self.engine.needs_body else None)
+                          if self.reads_body else None)
 
     def log(self, msg: str, *args: Any, level: int = logging.INFO) -> None:
         """One log line: ``[conn] QID: msg`` (the queue id once the MTA has one)."""
@@ -549,8 +662,10 @@ class Session:
     def header(self, name: str, value: str) -> None:
         """Collect the headers the decision needs, and note our own for removal."""
         lname = name.lower()
-        if self.engine.needs_body and len(self.raw_headers) < MAX_RAW_HEADERS:
+        if len(self.raw_headers) < MAX_RAW_HEADERS:
             self.raw_headers.append((name, value[:MAX_VALUE_CHARS]))
+        else:
+            self.headers_cut = True
         if lname in COLLECTED:
             values = self.headers.setdefault(lname, [])
             if len(values) < MAX_VALUES_PER_HEADER:
@@ -559,12 +674,14 @@ class Session:
             n = self._own_counts.get(lname, 0) + 1
             self._own_counts[lname] = n
             self.own_headers.append((name, n))
+            self._dropped.add(len(self.raw_headers) - 1)
         elif lname == "authentication-results":
             n = self._own_counts.get(lname, 0) + 1
             self._own_counts[lname] = n
             if claims_authserv_id(value, self.authserv_id):
                 # RFC 8601 section 5: only we may speak for our authserv-id
                 self.own_headers.append((name, n))
+                self._dropped.add(len(self.raw_headers) - 1)
                 self.log("removing an incoming Authentication-Results header that claims "
                          "our authserv-id %s", self.authserv_id)
 
@@ -574,7 +691,11 @@ class Session:
             self.body_data.add(chunk)
 
     def eom(self) -> EomResult:
-        """End of message: the list verdict for each list recipient, and header changes."""
+        """End of message: the list verdict for each list recipient, and header changes.
+
+        The headers we add are settled first: the list manager will see them, and its
+        header rules may look for them (X-Listgate-Trusted, Authentication-Results).
+        """
         self.stage = "eom"
         result = EomResult(OK)
         # remove forged copies of our own headers, last occurrence first so indexes hold
@@ -583,8 +704,12 @@ class Session:
         decision = self._relay_spf()
         if not decision.refuses:
             decision = self._internal_only_check()
+        if lists and any(self.engine.auth_mode(lst) != "no" for lst in lists):
+            self.auth_facts()  # DKIM, before Authentication-Results is written
+        result.add_headers = self._added_headers()
         if lists and not decision.refuses:
-            decision, result.list_address, result.list_verdict = self._list_decision(lists)
+            decision, result.list_address, result.list_verdict = self._list_decision(
+                lists, result.add_headers)
         if decision.refuses and not self.engine.observe:
             result.decision = decision
             return result
@@ -595,19 +720,6 @@ class Session:
                 self.observed = ("eom", decision)
         else:
             self.verdict("ACCEPT: %s", "; ".join(decision.reasons) or "no list recipient")
-        cfg = self.engine.cfg.milter
-        if cfg.authentication_results and (self.spf is not None or self._auth is not None):
-            spf = ((self.spf.result, self.mail_from or self.helo_name or "")
-                   if self.spf is not None else None)
-            dkim = self._auth.dkim if self._auth is not None else ()
-            result.add_headers.append(("Authentication-Results", authentication_results(
-                self.authserv_id, spf, dkim,
-                spf_identity=self.spf.identity if self.spf else "mailfrom"), 0))
-        if self.spf is not None and cfg.received_spf:
-            result.add_headers.append(("Received-SPF", header_value(self.spf.header), 0))
-        trust = self._trust
-        if trust is not None and trust.trusted:
-            result.add_headers.append((TRUSTED_HEADER, f"submission={trust.submission_ip}", -1))
         if self.engine.observe:
             if self.observed:
                 stage, d = self.observed
@@ -617,6 +729,39 @@ class Session:
             result.add_headers.append((VERDICT_HEADER, header_value(would), -1))
         result.decision = Decision(CONTINUE, None, decision.reasons)
         return result
+
+    def _added_headers(self) -> list[tuple[str, str, int]]:
+        """The headers an accepted message gets: (name, value, index), index 0 = insert
+        as the first header, -1 = append."""
+        out: list[tuple[str, str, int]] = []
+        cfg = self.engine.cfg.milter
+        if cfg.authentication_results and (self.spf is not None or self._auth is not None):
+            spf = ((self.spf.result, self.mail_from or self.helo_name or "")
+                   if self.spf is not None else None)
+            dkim = self._auth.dkim if self._auth is not None else ()
+            out.append(("Authentication-Results", authentication_results(
+                self.authserv_id, spf, dkim,
+                spf_identity=self.spf.identity if self.spf else "mailfrom"), 0))
+        if self.spf is not None and cfg.received_spf:
+            out.append(("Received-SPF", header_value(self.spf.header), 0))
+        trust = self.trust()
+        if trust is not None and trust.trusted:
+            out.append((TRUSTED_HEADER, f"submission={trust.submission_ip}", -1))
+        return out
+
+    def post(self, added: Sequence[tuple[str, str, int]] = (),
+             with_body: bool = True) -> Post:
+        """The message as the list manager will receive it from us: our insertions on
+        top (each index-0 insertion lands above the ones before it), the MTA's headers
+        without the ones we delete, our appended headers; the body if it was read."""
+        tops = [(n, v) for n, v, i in added if i == 0][::-1]
+        ends = [(n, v) for n, v, i in added if i != 0]
+        kept = [h for i, h in enumerate(self.raw_headers) if i not in self._dropped]
+        body, size = None, None
+        if with_body and self.body_data is not None:
+            body, size = self.body_data.data, self.body_data.size
+        return Post(tops + kept + ends, self.mail_from or "", body, size,
+                    headers_complete=not self.headers_cut)
 
     def trust(self) -> TrustResult | None:
         """The trusted-submission-path verdict for this message (computed once, at end of
@@ -628,10 +773,6 @@ class Session:
             if self.debugging:
                 self.debug("trust: %s", self._trust.reason)
         return self._trust
-
-    def senders(self) -> tuple[str, ...]:
-        """The message's senders in Mailman's order, without repeats."""
-        return addresses.unique(addresses.senders(self.headers, self.mail_from or ""))
 
     def primary_sender(self) -> str:
         """Mailman 2's single sender (From, else Sender, else envelope)."""
@@ -652,22 +793,59 @@ class Session:
                     return d
         return OK
 
-    def _list_decision(self, lists: list[str]) -> tuple[Decision, str | None, ListVerdict | None]:
+    def _list_decision(self, lists: list[str], added: Sequence[tuple[str, str, int]]
+                       ) -> tuple[Decision, str | None, ListVerdict | None]:
         """The combined answer for all list recipients: any refusal refuses the message,
         a rejection before a tempfail."""
-        senders = self.senders()
-        results = [self._one_list(list_address, senders) for list_address in dict.fromkeys(lists)]
+        full = self.post(added)
+        bare = None if full.body is None else self.post(added, with_body=False)
+        results = []
+        for list_address in dict.fromkeys(lists):
+            # the body counts only for a list whose rules read it, so the answer is the
+            # same whether or not another list of the same connection made us read it
+            post = full if bare is None or self.engine.list_needs_body(list_address) else bare
+            results.append(self._one_list(list_address, post))
         refusals = [r for r in results if r[0].refuses]
         if refusals:
             return next((r for r in refusals if r[0].action == REJECT), refusals[0])
         reasons = tuple(reason for d, _l, _v in results for reason in d.reasons)
         return Decision(CONTINUE, None, reasons), results[0][1], results[0][2]
 
-    def _one_list(self, list_address: str, senders: tuple[str, ...]
+    def _one_list(self, list_address: str, post: Post
                   ) -> tuple[Decision, str, ListVerdict | None]:
+        try:
+            senders = post.unique_senders()
+            return self._list_answer(list_address, post, senders)
+        except Unevaluable as e:
+            # Mailman's incoming runner fails on this post before any rule: the post goes
+            # to the list manager, whose admin will find it in the shunt queue
+            verdict = ListVerdict("accept", rule="senders", undecided=True, reasons=(
+                f"the senders cannot be read as Mailman reads them ({e}); the post goes "
+                "to the list manager",))
+            summary = clean(f"list={list_address} verdict=accept(undecided) rule=senders: "
+                            + verdict.reasons[0], 600)
+            return Decision(CONTINUE, None, (summary,)), list_address, verdict
+
+    def _list_answer(self, list_address: str, post: Post, senders: tuple[str, ...]
+                     ) -> tuple[Decision, str, ListVerdict | None]:
         eng = self.engine
         try:
             facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
+            site = getattr(facts, "site", DEFAULT_SITE)
+            if site.sender_headers != DEFAULT_SITE.sender_headers:
+                # the site names other sender headers ([mailman] sender_headers)
+                post = post.with_sender_headers(site.sender_headers.split())
+                senders = post.unique_senders()
+                facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
+            verdict = self._authenticated_verdict(list_address, facts, post)
+            d = self._map_verdict(list_address, verdict, senders)
+            if d.refuses:
+                # a refusal rests on a fresh answer: the sender may have subscribed since
+                fresh = eng.lookups.list_facts(list_address, senders, self.primary_sender(),
+                                               max_age=eng.refusal_max_age)
+                if fresh != facts:
+                    verdict = self._authenticated_verdict(list_address, fresh, post)
+                    d = self._map_verdict(list_address, verdict, senders)
         except BackendError as e:
             if eng.fail_open:
                 self.verdict("list=%s backend error, accepted UNCHECKED "
@@ -681,12 +859,11 @@ class Session:
             if not eng.observe:
                 self.verdict("TEMPFAIL: %s (%s)", d.reasons[0], d.reply, level=logging.WARNING)
             return d, list_address, None
-        verdict = self._authenticated_verdict(list_address, facts)
-        kind = f"({verdict.hold_kind})" if verdict.hold_kind else ""
+        kind = (f"({verdict.hold_kind})" if verdict.hold_kind
+                else "(undecided)" if verdict.undecided else "")
         summary = clean(f"list={list_address} verdict={verdict.action}{kind} rule={verdict.rule} "
                         f"senders={','.join(senders) or '-'}: " + "; ".join(verdict.reasons), 600)
-        d = self._map_verdict(list_address, verdict, senders)
-        trust = self.trust() if d.refuses else None
+        trust = self.trust() if d.refuses and d.action != TEMPFAIL else None
         if trust is not None and trust.trusted:
             action = eng.cfg.trust.trusted_path_action
             summary += f"; trusted path via {trust.submission_ip}: trusted_path_action {action}"
@@ -716,10 +893,17 @@ class Session:
                                          trusted_path=bool(trust and trust.trusted))
         return self._auth
 
-    def _authenticated_verdict(self, list_address: str, facts: Any) -> ListVerdict:
+    def _context(self, list_address: str, senders: tuple[str, ...]) -> Context:
+        eng = self.engine
+        return Context(passwords=eng.passwords, dmarc=eng.dmarc,
+                       refuses=lambda v: self._map_verdict(list_address, v, senders).refuses)
+
+    def _authenticated_verdict(self, list_address: str, facts: Any, post: Post) -> ListVerdict:
         """The list verdict, with require_authenticated_sender applied: a sender address
         the MTA did not verify counts neither as a member nor for an accepting entry."""
-        verdict = list_verdict(facts)
+        senders = tuple(getattr(sf, "address", "") for sf in getattr(facts, "senders", ()))
+        ctx = self._context(list_address, senders)
+        verdict = list_verdict(facts, post, ctx)
         mode = self.engine.auth_mode(list_address)
         if mode == "no" or not isinstance(facts, ListFacts | Mailman2Facts):
             return verdict
@@ -728,14 +912,14 @@ class Session:
         checked = [(sf, *auth.authenticated(sf.address, roles.get(sf.address)))
                    for sf in facts.senders]
         if isinstance(facts, ListFacts):
-            strict_facts: Any = ListFacts(facts.policy, tuple(
+            strict_facts: Any = replace(facts, senders=tuple(
                 replace(sf, authenticated=ok) for sf, ok, _why in checked))
         else:  # Mailman 2: members by every sender, nonmembers by the primary one
             strict_facts = replace(
                 facts, senders=tuple(sf if ok else replace(sf, member=None)
                                      for sf, ok, _why in checked),
                 primary_authenticated=auth.authenticated(facts.primary)[0])
-        strict = list_verdict(strict_facts)
+        strict = list_verdict(strict_facts, post, ctx)
         unverified = tuple(why for _sf, ok, why in checked if not ok)
         if (strict.action, strict.hold_kind) == (verdict.action, verdict.hold_kind):
             return verdict
@@ -748,9 +932,16 @@ class Session:
 
     def _map_verdict(self, list_address: str, verdict: ListVerdict,
                      senders: tuple[str, ...]) -> Decision:
-        """Turn what the list would do into the SMTP answer the admin configured."""
+        """Turn what the list would do into the SMTP answer the admin configured.
+
+        RFC 3463's X.7.2 is exactly this refusal: "the sender is not authorized to send
+        a message to the intended mailing list"."""
         cfg = self.engine.cfg
         action = verdict.action
+        if action == TEMPFAIL:
+            return Decision(TEMPFAIL, Reply("451", "4.3.0", f"Temporary failure checking "
+                                            f"the post to {clean(list_address)}; try again "
+                                            "later"))
         if action == "hold":
             key = "member_hold_action" if verdict.hold_kind == MEMBER else "nonmember_hold_action"
             action = cfg.for_list(list_address, key)
@@ -758,14 +949,17 @@ class Session:
                 return _awaits_moderation(list_address)
         if action == ACCEPT:
             return OK
-        values = {"list": clean(list_address, 100),
-                  "owner": clean(owner_of(list_address), 100),
-                  "sender": clean(senders[0] if senders else (self.mail_from or "<>"), 100)}
-        text = cfg.for_list(list_address, "reject_message") % values
-        return Decision(REJECT, Reply("550", "5.7.1", text))
+        if verdict.notice:
+            text = f"{clean(list_address, 100)}: {clean(verdict.notice, 300)}"
+        else:
+            values = {"list": clean(list_address, 100),
+                      "owner": clean(owner_of(list_address), 100),
+                      "sender": clean(senders[0] if senders else (self.mail_from or "<>"), 100)}
+            text = cfg.for_list(list_address, "reject_message") % values
+        return Decision(REJECT, Reply("550", "5.7.2", text))
 
 
 def _awaits_moderation(list_address: str) -> Decision:
     """The answer when a hold is configured to tempfail."""
-    return Decision(TEMPFAIL, Reply("451", "4.7.1", f"Your post to {clean(list_address)} "
+    return Decision(TEMPFAIL, Reply("451", "4.7.2", f"Your post to {clean(list_address)} "
                                                     "awaits moderation; try again later"))

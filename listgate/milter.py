@@ -2,7 +2,7 @@
 
 Every decision is made by :mod:`listgate.engine`; this module only translates.  It
 negotiates away every callback listgate does not use (data, unknown, eoh, abort,
-and the body unless a list requires authenticated senders, which needs DKIM) and
+and the body unless DKIM or some list's chain rules need it) and
 marks the ones that never refuse ``@Milter.noreply`` (connect, HELO -- their
 refusals are delayed to MAIL FROM -- header and body), so the MTA waits for an
 answer only at MAIL, RCPT and end of message.  No exception escapes into pymilter:
@@ -140,9 +140,10 @@ class ListgateMilter(Milter.Base):
         # pymilter's Base.negotiate, without its per-connection scan for @symlist
         # callbacks (listgate declares none): the protocol mask is computed once per class
         protocol = opts[1] & ~self.protocol_mask()
-        if not self.engine.needs_body:
-            # the body is read only for DKIM, when some list requires authenticated
-            # senders: otherwise the MTA need not send it at all
+        self._reads_body = self.engine.wants_body()
+        if not self._reads_body:
+            # the body is read only for DKIM (a list requires authenticated senders) and
+            # for lists whose rules read it: otherwise the MTA need not send it at all
             protocol = (protocol | Milter.P_NOBODY) & ~Milter.P_NR_BODY
         opts[0] = self._actions = opts[0] & ACTIONS
         opts[1] = self._protocol = protocol
@@ -156,6 +157,8 @@ class ListgateMilter(Milter.Base):
         # pinned: a reload swaps the class attribute for new connections only
         self.engine = type(self).engine
         self._open = True
+        #: negotiate (which runs first) sets it: does the MTA send bodies?
+        self._reads_body = True
         self.connections.opened(self.engine)
 
     def close(self) -> int:
@@ -179,7 +182,7 @@ class ListgateMilter(Milter.Base):
     @_guarded("connect")
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         ip = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) else None
-        self.session = self.engine.session(self.conn_id)
+        self.session = self.engine.session(self.conn_id, self._reads_body)
         self.session.connect(hostname, ip, self.getsymval("j"))
         return Milter.CONTINUE
 

@@ -41,9 +41,35 @@ def owner_of(list_address: str) -> str:
     return f"{local}-owner@{domain}"
 
 
+#: the header-match actions a list's rule may name (REST ``header-matches``); None =
+#: the site's ``[antispam] jump_chain``
+HEADER_MATCH_ACTIONS = ACTIONS
+
+#: ``dmarc_mitigate_action`` values (``interfaces/mailinglist.py``); only reject and
+#: discard refuse, the others rewrite the post and accept it
+DMARC_ACTIONS = ("no_mitigation", "munge_from", "wrap_message", "reject", "discard")
+#: ``newsgroup_moderation`` values; only ``moderated`` holds every post
+NEWSGROUP_MODERATIONS = ("none", "open_moderated", "moderated")
+#: ``autorespond_postings`` values; ``respond_and_discard`` discards every post
+AUTORESPONSES = ("none", "respond_and_discard", "respond_and_continue")
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    """One of a list's ``header_matches``: a header, a regexp, an action or None."""
+
+    header: str
+    pattern: str
+    action: str | None = None
+
+
 @dataclass(frozen=True)
 class ListPolicy:
-    """A list's posting policy, as Mailman 3 models it (styles/base.py defaults)."""
+    """A list's posting policy, as Mailman 3 models it (``styles/base.py`` defaults).
+
+    Beyond the sender rules, it carries every setting a rule of the posting chain
+    reads, so that a backend's answer is all the chain needs.
+    """
 
     address: str  #: the posting address, lowercased ``name@domain``
     default_member_action: str = "defer"
@@ -53,6 +79,25 @@ class ListPolicy:
     hold_these_nonmembers: tuple[str, ...] = ()
     reject_these_nonmembers: tuple[str, ...] = ()
     discard_these_nonmembers: tuple[str, ...] = ()
+    #: what an Approved: password is checked against: passlib hashes (``$6$...``, as
+    #: Mailman 3 stores ``moderator_password``) or ``{sha1}HEX`` (Mailman 2's digests
+    #: of the moderator, list admin and site passwords); empty = no approval possible
+    approval_passwords: tuple[str, ...] = ()
+    header_matches: tuple[HeaderMatch, ...] = ()
+    max_message_size: int = 40  #: KB; 0 = no limit
+    max_num_recipients: int = 10  #: To + Cc addresses; 0 = no limit
+    require_explicit_destination: bool = True
+    acceptable_aliases: tuple[str, ...] = ()
+    administrivia: bool = True
+    #: Mailman 2.1's ``bounce_matching_headers`` (Mailman 3 keeps it, but only for
+    #: lists imported from 2.1: its REST API neither shows nor sets it)
+    bounce_matching_headers: str = ""
+    newsgroup_moderation: str = "none"
+    dmarc_mitigate_action: str = "no_mitigation"
+    dmarc_addresses: tuple[str, ...] = ()
+    dmarc_moderation_notice: str = ""
+    autorespond_postings: str = "none"
+    filter_content: bool = False
 
     def referenced_lists(self) -> tuple[str, ...]:
         """Lists named by ``@list@domain`` entries of accept_these_nonmembers (Mailman 3.3.10)."""
@@ -85,11 +130,31 @@ class SenderFacts:
 
 
 @dataclass(frozen=True)
+class SiteFacts:
+    """The list manager's site-wide settings a posting rule reads (Mailman 3's
+    ``[mailman]`` and ``[antispam]`` config sections, at their defaults here)."""
+
+    #: ``[antispam] header_checks``: lines of ``Header: regexp``, checked for every list
+    header_checks: str = ""
+    #: ``[antispam] jump_chain``: where a site header check, or a list rule without an
+    #: action, sends the post
+    jump_chain: str = "hold"
+    sender_headers: str = "from from_ reply-to sender"
+    email_commands_max_lines: int = 10
+    check_max_size_on_filtered_message: bool = False
+    hold_digest: bool = False
+
+
+DEFAULT_SITE = SiteFacts()
+
+
+@dataclass(frozen=True)
 class ListFacts:
     """A list's policy plus the facts about each sender, in the order asked."""
 
     policy: ListPolicy
     senders: tuple[SenderFacts, ...]
+    site: SiteFacts = DEFAULT_SITE
 
 
 class Backend(abc.ABC):
@@ -110,8 +175,12 @@ class Backend(abc.ABC):
         """Return the list's posting address if ``address`` (lowercased) is one, else None."""
 
     @abc.abstractmethod
-    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "") -> Any:
+    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "",
+                   max_age: float | None = None) -> Any:
         """Return what the list knows about this post's senders.
+
+        ``max_age``: a backend that caches its own answers uses none older than this
+        many seconds (the engine asks so before it refuses a post).
 
         ``senders`` are Mailman 3's (From, envelope, Reply-To, Sender; valid, lowercased,
         unique); ``primary`` is Mailman 2's single ``get_sender()`` address.  Mailman 3

@@ -1,11 +1,8 @@
-"""What Mailman 3 would do with a post: the list verdict, as a pure function.
+"""The list verdict: what the list manager would do with a post.
 
-The order and semantics are Mailman 3.3.10's posting chain (``chains/builtin.py``,
-``rules/moderation.py``, ``model/bans.py``), restricted to the rules that depend on
-who the sender is; see shared reference ``mailman-posting-semantics.md``.  Rules that
-need the body or a moderator password (approved, loop, administrivia, size...) are
-left to the list manager: listgate only refuses what the list would certainly not
-post.
+:class:`ListVerdict` is what :mod:`listgate.chain` returns for Mailman 3's posting chain;
+:func:`is_banned` is Mailman 3's ban rule (``model/bans.py``), shared by the backends
+that judge bans themselves; the rest is Mailman 2.1's Moderate handler.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from listgate.model import NONMEMBER_LISTS, ListFacts, Mailman2Facts, SenderFacts
+from listgate.model import NONMEMBER_LISTS, Mailman2Facts
 
 #: who a hold concerns: "member" holds are what the list's moderators asked to see
 #: (moderated member, moderated list, emergency); "nonmember" holds are the
@@ -32,19 +29,12 @@ class ListVerdict:
     #: the rule that decided, in Mailman's words (``member-moderation``...)
     rule: str = ""
     reasons: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _entry_matches(entry: str, sender: SenderFacts) -> bool:
-    """Mailman 3.3.10 ``_does_nonmember_match``: ^regexp (re.match, case-sensitive
-    against the lowercased sender), exact (case-sensitive), or @list@domain membership."""
-    if entry.startswith("^"):
-        try:
-            return re.match(entry, sender.address) is not None
-        except re.error:
-            return False  # Mailman logs and skips a bad regexp
-    if entry.startswith("@") and "@" in entry[1:]:
-        return entry[1:].lower() in sender.member_of
-    return entry == sender.address
+    #: a rule that could have accepted the post could not be evaluated: the post goes
+    #: to the list manager (``action`` is accept), and the reasons say why
+    undecided: bool = False
+    #: what a refusal tells the sender when the list manager has words of its own
+    #: (a loop, a header rule, DMARC...); empty = the configured reject_message
+    notice: str = ""
 
 
 def is_banned(sender: str, bans: Iterable[tuple[str | None, str]]) -> bool:
@@ -65,79 +55,6 @@ def is_banned(sender: str, bans: Iterable[tuple[str | None, str]]) -> bool:
             except re.error:
                 continue
     return False
-
-
-def mailman3_verdict(facts: ListFacts) -> ListVerdict:
-    """Decide as Mailman 3's posting chain would, from the sender facts alone."""
-    policy, senders = facts.policy, facts.senders
-
-    if not senders:
-        return ListVerdict("discard", rule="no-senders",
-                           reasons=("no valid sender in From, envelope, Reply-To or Sender",))
-
-    for s in senders:
-        if s.banned:
-            return ListVerdict("discard", rule="banned-address",
-                               reasons=(f"{s.address} is banned from {policy.address}",))
-
-    if policy.emergency:
-        return ListVerdict("hold", MEMBER, rule="emergency",
-                           reasons=(f"{policy.address} is in emergency moderation",))
-
-    # member-moderation: the first sender that is a member decides (an unauthenticated
-    # member address, with require_authenticated_sender, is a nonmember)
-    member = next((s for s in senders if s.is_member and s.authenticated), None)
-    if member is not None:
-        if member.member_action is None:
-            action, source = policy.default_member_action, "default_member_action"
-        else:
-            action, source = member.member_action, "member moderation_action"
-        if action != "defer":
-            return ListVerdict(action, MEMBER if action == "hold" else None,
-                               rule="member-moderation",
-                               reasons=(f"member {member.address}: {source} {action}",))
-        # defer: member-moderation misses; nonmember-moderation misses for members
-        return ListVerdict("accept", rule="member-moderation",
-                           reasons=(f"member {member.address}: {source} defer -> accept",))
-
-    # nonmember-moderation
-    for s in senders:
-        if s.nonmember_action is not None and not (
-                s.nonmember_action == "accept" and not s.authenticated):
-            # the first sender with its own action decides; defer makes the rule miss
-            return _nonmember(s.nonmember_action, "nonmember-moderation",
-                              f"nonmember {s.address}: moderation_action {s.nonmember_action}")
-        for list_key in NONMEMBER_LISTS:
-            for entry in getattr(policy, list_key):
-                if list_key != "accept_these_nonmembers" and entry.startswith("@"):
-                    continue  # @list references count in the accept list only
-                if list_key == "accept_these_nonmembers" and not s.authenticated:
-                    continue  # an unverified address earns no acceptance
-                if _entry_matches(entry, s):
-                    action = list_key.split("_", 1)[0]
-                    return _nonmember(action, "nonmember-moderation",
-                                      f"nonmember {s.address}: {list_key} {entry!r}")
-    action = policy.default_nonmember_action
-    who = ", ".join(s.address for s in senders)
-    return _nonmember(action, "nonmember-moderation",
-                      f"nonmember {who}: default_nonmember_action {action}")
-
-
-def _nonmember(action: str, rule: str, reason: str) -> ListVerdict:
-    if action in ("accept", "defer"):
-        # an accept_these_nonmembers hit (or a deferring default) falls through to accept
-        return ListVerdict("accept", rule=rule, reasons=(reason,))
-    return ListVerdict(action, NONMEMBER if action == "hold" else None, rule=rule,
-                       reasons=(reason,))
-
-
-def list_verdict(facts: object) -> ListVerdict:
-    """The verdict for whatever facts a backend returned (Mailman 3's rules for ListFacts)."""
-    if isinstance(facts, ListFacts):
-        return mailman3_verdict(facts)
-    if isinstance(facts, Mailman2Facts):
-        return mailman2_verdict(facts)
-    raise TypeError(f"no verdict rules for {type(facts).__name__}")
 
 
 # -- Mailman 2.1 (Mailman/Handlers/Moderate.py, MailList.GetPattern, Handlers/Emergency.py)

@@ -466,7 +466,7 @@ class Mailman2Backend(model.Backend):
         return None
 
     def list_facts(self, list_address: str, senders: Sequence[str],
-                   primary: str = "") -> model.Mailman2Facts:
+                   primary: str = "", max_age: float | None = None) -> model.Mailman2Facts:
         addr = list_address.lower()
         index = self._current_index()
         name = index.addresses.get(addr)

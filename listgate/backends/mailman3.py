@@ -206,7 +206,7 @@ class Mailman3Backend(Backend):
                 + [(None, b["email"]) for b in (site or {}).get("entries", [])])
 
     def list_facts(self, list_address: str, senders: Sequence[str],
-                   primary: str = "") -> ListFacts:
+                   primary: str = "", max_age: float | None = None) -> ListFacts:
         list_id = self._list_id(list_address)
         status, cfg = self._get(f"/lists/{list_id}/config")
         if status != 200:  # deleted since the list index was read

@@ -22,9 +22,13 @@ remains the gentlest way to restore, as it needs no file juggling at all.
 
 Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`):
 
-* ``lists``: posting address (lowercased ``name@domain``, primary key), the two
-  default actions, ``emergency`` (0/1) and the four ``*_these_nonmembers`` lists
-  as JSON arrays of strings (order matters: Mailman checks them in order).
+* ``lists``: posting address (lowercased ``name@domain``, primary key), then one
+  column per setting of :data:`listgate.listsettings.LIST_FIELDS` (the two default
+  actions, ``emergency``, the four ``*_these_nonmembers`` lists, the approval password
+  hashes, header rules, size and recipient limits...); lists are JSON arrays (order
+  matters: Mailman checks them in order).
+* ``site``: the site-wide settings (``header_checks``, ``jump_chain``...) as
+  (key, JSON value) rows; a missing row is the setting's default.
 * ``members``: (list, address, role ``member``|``nonmember``, moderation_action
   NULL or an action); primary key (list, address, role), which is also the index
   for lookups by (list, address).  Addresses are stored lowercased.
@@ -39,47 +43,47 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from listgate import model
+from listgate import listsettings, model
 from listgate.config import Config
+from listgate.listsettings import (
+    validate_action,
+    validate_address,
+    validate_nonmember_entry,
+    validate_regexp,
+)
 from listgate.verdict import is_banned
 
-#: bumped whenever the DDL changes; stored in ``PRAGMA user_version``
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "SqliteBackend", "SqliteStore", "StoreError", "validate_action",
+           "validate_address", "validate_ban_entry", "validate_nonmember_entry"]
 
-#: the version of the JSON document written by :meth:`SqliteStore.export_json`
-EXPORT_VERSION = 1
+#: bumped whenever the DDL changes; stored in ``PRAGMA user_version``.  1: sender
+#: rules only; 2: every setting of the posting chain, and the ``site`` table
+SCHEMA_VERSION = 2
+
+#: the version of the JSON document written by :meth:`SqliteStore.export_json`;
+#: version 1 documents (no chain settings, no ``site``) are still read
+EXPORT_VERSION = 2
 
 ROLES = ("member", "nonmember")
 
 #: the keys :meth:`SqliteStore.set_list_option` accepts
-LIST_OPTIONS = (
-    "default_member_action",
-    "default_nonmember_action",
-    "emergency",
-    *model.NONMEMBER_LISTS,
-)
+LIST_OPTIONS = listsettings.LIST_FIELD_NAMES
+
+#: version 1's columns after the address (what ``db upgrade`` finds)
+_V1_FIELDS = LIST_OPTIONS[:7]
 
 _ACTIONS_SQL = ", ".join(f"'{a}'" for a in model.ACTIONS)
 
 _DDL = f"""
 CREATE TABLE lists (
     address TEXT PRIMARY KEY NOT NULL,
-    default_member_action TEXT NOT NULL DEFAULT 'defer'
-        CHECK (default_member_action IN ({_ACTIONS_SQL})),
-    default_nonmember_action TEXT NOT NULL DEFAULT 'hold'
-        CHECK (default_nonmember_action IN ({_ACTIONS_SQL})),
-    emergency INTEGER NOT NULL DEFAULT 0 CHECK (emergency IN (0, 1)),
-    accept_these_nonmembers TEXT NOT NULL DEFAULT '[]',
-    hold_these_nonmembers TEXT NOT NULL DEFAULT '[]',
-    reject_these_nonmembers TEXT NOT NULL DEFAULT '[]',
-    discard_these_nonmembers TEXT NOT NULL DEFAULT '[]'
+    {listsettings.list_ddl()}
 );
 -- the primary key doubles as the index for lookups by (list, address)
 CREATE TABLE members (
@@ -96,13 +100,13 @@ CREATE TABLE bans (
 );
 CREATE UNIQUE INDEX bans_list_entry ON bans(list, entry) WHERE list IS NOT NULL;
 CREATE UNIQUE INDEX bans_global_entry ON bans(entry) WHERE list IS NULL;
+CREATE TABLE site (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
 """
 
-_LIST_COLUMNS = (
-    "address, default_member_action, default_nonmember_action, emergency, "
-    "accept_these_nonmembers, hold_these_nonmembers, reject_these_nonmembers, "
-    "discard_these_nonmembers"
-)
+_LIST_COLUMNS = "address, " + ", ".join(LIST_OPTIONS)
 
 
 class StoreError(Exception):
@@ -121,58 +125,7 @@ class ListExists(StoreError):
     """``create_list`` for a list that already exists."""
 
 
-# -- validation: shared by the store and the import; every message names the value
-
-
-def validate_address(value: Any, what: str = "address") -> str:
-    """Return ``value`` lowercased if it looks like ``local@domain``, else raise ValueError.
-
-    Deliberately loose (one ``@``, both sides non-empty, no white space): the store
-    must be able to hold any address Mailman holds, and an address the milter
-    never sees simply never matches.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"invalid {what} {value!r}: not a string")
-    if any(c.isspace() for c in value):
-        raise ValueError(f"invalid {what} {value!r}: contains white space")
-    local, at, domain = value.partition("@")
-    if not at or "@" in domain:
-        raise ValueError(f"invalid {what} {value!r}: expected exactly one '@'")
-    if not local or not domain:
-        raise ValueError(f"invalid {what} {value!r}: expected local@domain")
-    return value.lower()
-
-
-def validate_action(value: Any, what: str = "action") -> str:
-    """Return the action lowercased if it is one of Mailman's, else raise ValueError."""
-    if isinstance(value, str) and value.strip().lower() in model.ACTIONS:
-        return value.strip().lower()
-    raise ValueError(f"invalid {what} {value!r}: expected one of {', '.join(model.ACTIONS)}")
-
-
-def _validate_regexp(value: str, what: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise ValueError(f"invalid {what} {value!r}: bad regular expression: {e}") from None
-    return value
-
-
-def validate_nonmember_entry(value: Any, what: str = "entry") -> str:
-    """Check one ``*_these_nonmembers`` entry: ``^regexp``, ``@list@domain`` or an address.
-
-    Entries are kept as given (not lowercased), as Mailman keeps them: Mailman
-    compares exact entries case-sensitively to the lowercased sender.
-    """
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"invalid {what} {value!r}: expected a non-empty string")
-    if value.startswith("^"):
-        return _validate_regexp(value, what)
-    if value.startswith("@"):
-        validate_address(value[1:], what)
-        return value
-    validate_address(value, what)
-    return value
+# -- validation (listgate.listsettings has the settings' own)
 
 
 def validate_ban_entry(value: Any) -> str:
@@ -180,21 +133,9 @@ def validate_ban_entry(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"invalid ban entry {value!r}: expected a non-empty string")
     if value.startswith("^"):
-        return _validate_regexp(value, "ban entry")
+        return validate_regexp(value, "ban entry")
     validate_address(value, "ban entry")
     return value
-
-
-def _entries(value: Any, key: str) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ValueError(f"invalid {key} {value!r}: expected a list of strings")
-    return [validate_nonmember_entry(v, f"{key} entry") for v in value]
-
-
-def _bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"invalid {what} {value!r}: expected true or false")
 
 
 def _role(role: str) -> str:
@@ -209,25 +150,25 @@ def _policy(row: Sequence[Any]) -> model.ListPolicy:
 
     Remembered per row (a tuple: the same row means the same policy), as the row is
     read again with every sender the facts cache has not seen."""
-    lists = []
-    for key, raw in zip(model.NONMEMBER_LISTS, row[4:8], strict=True):
+    return listsettings.policy_from_row(row[0], row[1:])
+
+
+def _site(rows: Iterable[tuple[str, str]]) -> model.SiteFacts:
+    """The ``site`` table's (key, JSON value) rows -> SiteFacts (unknown keys ignored:
+    a newer listgate may have written them)."""
+    values = {}
+    for key, raw in rows:
         try:
-            value = json.loads(raw)
-        except (TypeError, ValueError):
-            value = None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"list {row[0]}: {key} is not a JSON array of strings")
-        lists.append(tuple(value))
-    return model.ListPolicy(
-        address=row[0],
-        default_member_action=row[1],
-        default_nonmember_action=row[2],
-        emergency=bool(row[3]),
-        accept_these_nonmembers=lists[0],
-        hold_these_nonmembers=lists[1],
-        reject_these_nonmembers=lists[2],
-        discard_these_nonmembers=lists[3],
-    )
+            f = listsettings.site_field(key)
+            values[key] = f.kind.check(json.loads(raw), f"site {key}")
+        except ValueError:
+            continue
+    return listsettings.site_from_values(values)
+
+
+@functools.lru_cache(maxsize=16)
+def _site_cached(rows: tuple[tuple[str, str], ...]) -> model.SiteFacts:
+    return _site(rows)
 
 
 def _uri(path: str, mode: str) -> str:
@@ -237,6 +178,19 @@ def _uri(path: str, mode: str) -> str:
 
 def _placeholders(n: int) -> str:
     return ", ".join("?" * n)
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Upgrade the schema from ``version`` inside the caller's transaction.  1 -> 2: the
+    chain settings as new columns at Mailman 3's defaults, and the ``site`` table."""
+    if version < 2:
+        ddl = {f.name: f.ddl(listsettings.default(f.name)) for f in listsettings.LIST_FIELDS}
+        for name in LIST_OPTIONS:
+            if name not in _V1_FIELDS:
+                conn.execute(f"ALTER TABLE lists ADD COLUMN {ddl[name]}")
+        conn.execute("CREATE TABLE IF NOT EXISTS site (key TEXT PRIMARY KEY NOT NULL, "
+                     "value TEXT NOT NULL)")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class SqliteStore:
@@ -298,8 +252,42 @@ class SqliteStore:
     def _version_problem(self, version: int) -> str:
         if version == 0:
             return f"{self.path} is not an initialised listgate database (run 'listgate db init')"
+        if version < SCHEMA_VERSION:
+            return (f"{self.path} has schema version {version}; run 'listgate db upgrade' "
+                    f"to bring it to version {SCHEMA_VERSION}")
         return (f"{self.path} has schema version {version}; this listgate understands "
                 f"version {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        """The file's ``PRAGMA user_version`` (0 = not a listgate database)."""
+        if not self.exists():
+            raise StoreError(f"no database at {self.path} (create it with 'listgate db init')")
+        conn = self._open("ro")
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+
+    def upgrade(self) -> tuple[int, int]:
+        """Bring an existing store to :data:`SCHEMA_VERSION`, in one transaction (the
+        daemon keeps reading the old schema until the commit, then the new one).
+        Returns (old version, new version); never creates a database."""
+        old = self.schema_version()
+        if old == 0:
+            raise StoreError(self._version_problem(0))
+        if old > SCHEMA_VERSION:
+            raise StoreError(self._version_problem(old))
+        if old < SCHEMA_VERSION:
+            self.close()
+            conn = self._open("rw")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if int(conn.execute("PRAGMA user_version").fetchone()[0]) == old:
+                    _migrate(conn, old)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        return old, SCHEMA_VERSION
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -316,7 +304,8 @@ class SqliteStore:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def init(self) -> bool:
-        """Create the directory, the file and the schema; switch to WAL.  Idempotent.
+        """Create the directory, the file and the schema; switch to WAL.  Idempotent; an
+        older schema is upgraded (:meth:`upgrade`).
 
         Returns True if the schema was created, False if it was already there.
         """
@@ -329,6 +318,10 @@ class SqliteStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
+                created = False
+            elif 0 < version < SCHEMA_VERSION:
+                _migrate(conn, version)
+                conn.execute("COMMIT")
                 created = False
             elif version == 0:
                 tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
@@ -369,7 +362,7 @@ class SqliteStore:
         addr = validate_address(address, "list address")
         dma = validate_action(default_member_action, "default_member_action")
         dna = validate_action(default_nonmember_action, "default_nonmember_action")
-        emer = _bool(emergency, "emergency")
+        emer = listsettings.list_field("emergency").kind.check(emergency, "emergency")
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM lists WHERE address = ?", (addr,)).fetchone():
                 raise ListExists(f"list {addr} already exists")
@@ -404,24 +397,29 @@ class SqliteStore:
         return [r[0] for r in rows]
 
     def set_list_option(self, address: str, key: str, value: Any) -> model.ListPolicy:
-        """Set one option (see :data:`LIST_OPTIONS`); the four lists are replaced whole.
-
-        Actions must be in ``model.ACTIONS``, ``emergency`` a bool, the lists a
-        sequence of entries (``^regexp``, ``@list@domain`` or an address).
-        """
-        if key not in LIST_OPTIONS:
-            raise ValueError(f"invalid option {key!r}: expected one of {', '.join(LIST_OPTIONS)}")
-        stored: Any
-        if key == "emergency":
-            stored = int(_bool(value, key))
-        elif key in model.NONMEMBER_LISTS:
-            stored = json.dumps(_entries(value, key))
-        else:
-            stored = validate_action(value, key)
+        """Set one option (see :data:`LIST_OPTIONS`), validated as the import validates
+        it (:mod:`listgate.listsettings`); lists are replaced whole."""
+        f = listsettings.list_field(key)
+        stored = f.kind.to_sql(f.kind.check(value, key))
         with self._write() as conn:
             addr = self._require_list(conn, address)
             conn.execute(f"UPDATE lists SET {key} = ? WHERE address = ?", (stored, addr))
         return self.get_list(addr)
+
+    # -- site-wide settings
+
+    def site(self) -> model.SiteFacts:
+        """The site-wide settings (defaults where none was set)."""
+        return _site(self._connection().execute("SELECT key, value FROM site"))
+
+    def set_site_option(self, key: str, value: Any) -> model.SiteFacts:
+        """Set one site-wide setting (``header_checks``, ``jump_chain``...)."""
+        f = listsettings.site_field(key)
+        checked = f.kind.check(value, f"site {key}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO site (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+                         "UPDATE SET value = excluded.value", (key, json.dumps(checked)))
+        return self.site()
 
     # -- members
 
@@ -521,16 +519,8 @@ class SqliteStore:
         try:
             lists = []
             for row in conn.execute(f"SELECT {_LIST_COLUMNS} FROM lists ORDER BY address"):
-                p = _policy(row)
-                lists.append({
-                    "address": p.address,
-                    "default_member_action": p.default_member_action,
-                    "default_nonmember_action": p.default_nonmember_action,
-                    "emergency": p.emergency,
-                    **{k: [*getattr(p, k)] for k in model.NONMEMBER_LISTS},
-                    "members": [],
-                    "nonmembers": [],
-                })
+                lists.append({**listsettings.policy_to_json(_policy(row)),
+                              "members": [], "nonmembers": []})
             by_addr = {d["address"]: d for d in lists}
             for lst, addr, role, action in conn.execute(
                 "SELECT list, address, role, moderation_action FROM members"
@@ -543,23 +533,26 @@ class SqliteStore:
                     "SELECT list, entry FROM bans ORDER BY list IS NOT NULL, list, entry"
                 )
             ]
+            site = listsettings.site_to_json(_site(conn.execute("SELECT key, value FROM site")))
         finally:
             conn.execute("ROLLBACK")
-        return {"version": EXPORT_VERSION, "lists": lists, "bans": bans}
+        return {"version": EXPORT_VERSION, "site": site, "lists": lists, "bans": bans}
 
     def import_json(self, data: Any, prune: bool = False) -> dict[str, int]:
         """Sync the store with an export document; idempotent.
 
-        Each list in ``data`` is replaced entirely (config, members, nonmembers).
+        Each list in ``data`` is replaced entirely (settings, members, nonmembers).
         With ``prune``, lists absent from ``data`` are deleted.  If ``data`` has a
         ``bans`` key, its bans replace the global bans and those of the lists it
-        names; without the key bans are left alone.  Everything is validated
-        before anything is written, and the whole import is one transaction.
-        Returns counts: lists, members, nonmembers, bans, pruned.
+        names; without the key bans are left alone.  A ``site`` key sets the site-wide
+        settings it names.  Everything is validated before anything is written, and
+        the whole import is one transaction.  Returns counts: lists, members,
+        nonmembers, bans, pruned.
         """
-        lists, bans = _parse_document(data)
+        lists, bans, site = _parse_document(data)
         names = [d["address"] for d in lists]
         summary = {"lists": len(lists), "members": 0, "nonmembers": 0, "bans": 0, "pruned": 0}
+        updates = ", ".join(f"{k} = excluded.{k}" for k in LIST_OPTIONS)
         with self._write() as conn:
             if prune:
                 keep = set(names)
@@ -572,17 +565,10 @@ class SqliteStore:
                 summary["pruned"] = len(gone)
             for d in lists:
                 conn.execute(
-                    f"INSERT INTO lists ({_LIST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (address) DO UPDATE SET"
-                    " default_member_action = excluded.default_member_action,"
-                    " default_nonmember_action = excluded.default_nonmember_action,"
-                    " emergency = excluded.emergency,"
-                    " accept_these_nonmembers = excluded.accept_these_nonmembers,"
-                    " hold_these_nonmembers = excluded.hold_these_nonmembers,"
-                    " reject_these_nonmembers = excluded.reject_these_nonmembers,"
-                    " discard_these_nonmembers = excluded.discard_these_nonmembers",
-                    (d["address"], d["default_member_action"], d["default_nonmember_action"],
-                     int(d["emergency"]), *(json.dumps(d[k]) for k in model.NONMEMBER_LISTS)),
+                    f"INSERT INTO lists ({_LIST_COLUMNS}) VALUES "
+                    f"({_placeholders(1 + len(LIST_OPTIONS))})"
+                    f" ON CONFLICT (address) DO UPDATE SET {updates}",
+                    (d["address"], *(listsettings.to_sql(k, d[k]) for k in LIST_OPTIONS)),
                 )
                 conn.execute("DELETE FROM members WHERE list = ?", (d["address"],))
                 for role in ROLES:
@@ -600,22 +586,28 @@ class SqliteStore:
                 )
                 conn.executemany("INSERT OR IGNORE INTO bans (list, entry) VALUES (?, ?)", bans)
                 summary["bans"] = len(bans)
+            for key, value in site.items():
+                conn.execute("INSERT INTO site (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+                             "UPDATE SET value = excluded.value", (key, json.dumps(value)))
         return summary
 
 
-_LIST_KEYS = {"address", "default_member_action", "default_nonmember_action", "emergency",
-              *model.NONMEMBER_LISTS, "members", "nonmembers"}
+_LIST_KEYS = {"address", *LIST_OPTIONS, "members", "nonmembers"}
 
 
-def _parse_document(data: Any) -> tuple[list[dict[str, Any]], list[tuple[str | None, str]] | None]:
-    """Validate an export document; return normalised lists and bans (None = no ``bans`` key)."""
+def _parse_document(data: Any) -> tuple[list[dict[str, Any]], list[tuple[str | None, str]] | None,
+                                        dict[str, Any]]:
+    """Validate an export document; return normalised lists, bans (None = no ``bans``
+    key) and site settings."""
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object with 'version' and 'lists'")
-    unknown = set(data) - {"version", "lists", "bans"}
+    unknown = set(data) - {"version", "lists", "bans", "site"}
     if unknown:
         raise ValueError(f"unknown top-level key {sorted(unknown)[0]!r}")
-    if data.get("version") != EXPORT_VERSION:
-        raise ValueError(f"unsupported version {data.get('version')!r}: expected {EXPORT_VERSION}")
+    if data.get("version") not in (1, EXPORT_VERSION):
+        raise ValueError(f"unsupported version {data.get('version')!r}: expected 1 or "
+                         f"{EXPORT_VERSION}")
+    site = listsettings.check_site(data.get("site", {}))
     raw_lists = data.get("lists")
     if not isinstance(raw_lists, list):
         raise ValueError("'lists' must be an array")
@@ -633,16 +625,7 @@ def _parse_document(data: Any) -> tuple[list[dict[str, Any]], list[tuple[str | N
         if addr in seen:
             raise ValueError(f"list {addr} appears twice")
         seen.add(addr)
-        d: dict[str, Any] = {
-            "address": addr,
-            "default_member_action": validate_action(
-                raw.get("default_member_action", "defer"), f"{addr} default_member_action"),
-            "default_nonmember_action": validate_action(
-                raw.get("default_nonmember_action", "hold"), f"{addr} default_nonmember_action"),
-            "emergency": _bool(raw.get("emergency", False), f"{addr} emergency"),
-        }
-        for k in model.NONMEMBER_LISTS:
-            d[k] = _entries(raw.get(k, []), f"{addr} {k}")
+        d: dict[str, Any] = {"address": addr, **listsettings.check_list(raw, addr)}
         for role in ROLES:
             key = f"{role}s"
             people = raw.get(key, [])
@@ -662,7 +645,7 @@ def _parse_document(data: Any) -> tuple[list[dict[str, Any]], list[tuple[str | N
             d[key] = out
         lists.append(d)
     if "bans" not in data:
-        return lists, None
+        return lists, None, site
     raw_bans = data["bans"]
     if not isinstance(raw_bans, list):
         raise ValueError("'bans' must be an array")
@@ -676,7 +659,7 @@ def _parse_document(data: Any) -> tuple[list[dict[str, Any]], list[tuple[str | N
             if lst not in seen:
                 raise ValueError(f"ban {b['entry']!r} is for list {lst}, which is not in the file")
         bans.append((lst, validate_ban_entry(b["entry"])))
-    return lists, bans
+    return lists, bans, site
 
 
 # -- the daemon's side
@@ -813,7 +796,7 @@ class SqliteBackend(model.Backend):
         return None if row is None else row[0]
 
     def list_facts(self, list_address: str, senders: Sequence[str],
-                   primary: str = "") -> model.ListFacts:
+                   primary: str = "", max_age: float | None = None) -> model.ListFacts:
         addr = list_address.lower()
         order = [s.lower() for s in senders]
         uniq = list(dict.fromkeys(order))
@@ -824,8 +807,9 @@ class SqliteBackend(model.Backend):
             if row is None:
                 raise self._error(f"no such list: {addr}")
             policy = _policy(row)
+            site = _site_cached(tuple(conn.execute("SELECT key, value FROM site")))
             if not uniq:
-                return model.ListFacts(policy, ())
+                return model.ListFacts(policy, (), site)
             marks = _placeholders(len(uniq))
             records = conn.execute(
                 "SELECT address, role, moderation_action FROM members"
@@ -848,7 +832,7 @@ class SqliteBackend(model.Backend):
                 ).fetchall()
         return model.ListFacts(policy, tuple(
             _sender_facts(s, records, bans, elsewhere) for s in order
-        ))
+        ), site)
 
 
 def _sender_facts(sender: str, records: list[tuple[str, str, str | None]],

@@ -15,8 +15,8 @@ from mailman3 import Mailman3
 from test_postfix import delivered, not_delivered, send
 
 from listgate.backends.mailman3 import Mailman3Backend
+from listgate.chain import list_verdict
 from listgate.model import BackendError
-from listgate.verdict import list_verdict
 
 LIST = "dev@mm3.test"
 REJECT_TEXT = ("550 5.7.1 You are not permitted to post to dev@mm3.test. "

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from listgate import addresses, config
+from listgate.compat32 import Unevaluable
 from listgate.reply import Reply, clean
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +32,20 @@ def test_senders_no_plus_folding_and_null_sender() -> None:
     assert addresses.senders({}, "") == []
 
 
-def test_encoded_display_name_cannot_inject_an_address() -> None:
-    # Mailman parses the raw header: an encoded word is a display name, not an address
+def test_encoded_words_are_decoded_before_parsing_as_mailman_does() -> None:
+    # Message.senders decodes RFC 2047 first (str(make_header(decode_header(v)))), so
+    # an encoded display name that spells an address is a sender too, as in Mailman
     h = {"from": ["=?utf-8?q?member=40x=2Eorg?= <spammer@evil.org>"]}
-    assert addresses.senders(h, "") == ["spammer@evil.org"]
+    assert addresses.senders(h, "") == ["member@x.org", "spammer@evil.org"]
+    assert addresses.senders({"from": ["=?utf-8?b?YWxpY2VAYS50ZXN0?="]}, "") == ["alice@a.test"]
+    # folded, and the decoded text has no CR/LF left
+    assert addresses.senders({"from": ["Al =?utf-8?q?ice?=\n <ALICE@A.test>"]}, "") == [
+        "alice@a.test"]
+
+
+def test_an_undecodable_sender_header_is_unevaluable_as_mailman_fails_on_it() -> None:
+    with pytest.raises(Unevaluable):
+        addresses.senders({"from": ["=?no-such-charset?q?x?= <a@b.org>"]}, "")
 
 
 @pytest.mark.parametrize(("addr", "ok"), [

@@ -105,6 +105,21 @@ def test_create_set_show_ls(cli: Cli) -> None:
         "hold_these_nonmembers": ["^a{1,3}@example\\.org$"],
         "reject_these_nonmembers": [],
         "discard_these_nonmembers": [],
+        # the rest of Mailman 3's posting-chain settings, at its defaults
+        "approval_passwords": [],
+        "header_matches": [],
+        "max_message_size": 40,
+        "max_num_recipients": 10,
+        "require_explicit_destination": True,
+        "acceptable_aliases": [],
+        "administrivia": True,
+        "bounce_matching_headers": "",
+        "newsgroup_moderation": "none",
+        "dmarc_mitigate_action": "no_mitigation",
+        "dmarc_addresses": [],
+        "dmarc_moderation_notice": "",
+        "autorespond_postings": "none",
+        "filter_content": False,
         "member_count": 1,
         "nonmember_count": 0,
         "ban_count": 0,
@@ -246,7 +261,7 @@ def test_export_import_round_trip(cli: Cli, tmp_path: Path) -> None:
     assert cli.ok("lists", "export", str(backup)) == ""
     saved = json.loads(backup.read_text())
     assert saved == cli.export()
-    assert saved["version"] == 1
+    assert saved["version"] == 2
     dev = next(d for d in saved["lists"] if d["address"] == LIST)
     assert dev["members"] == [
         {"address": "a@example.org", "moderation_action": None},
@@ -314,7 +329,7 @@ def test_import_without_bans_key_keeps_bans(cli: Cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("doc", "message"), [
     ("{", "not valid JSON"),
-    ('{"version": 2, "lists": []}', "unsupported version 2"),
+    ('{"version": 3, "lists": []}', "unsupported version 3"),
     ('{"version": 1, "lists": [{"address": "x@example.org", "colour": 1}]}',
      "lists[0]: unknown key 'colour'"),
     ('{"version": 1, "lists": [{"address": "x@example.org", "default_member_action": "x"}]}',

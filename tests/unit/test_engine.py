@@ -37,8 +37,8 @@ class DictBackend(Backend):
             raise BackendError("sqlite /nope: unable to open database file")
         return address if address in self.policies else None
 
-    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = ""
-                   ) -> ListFacts:
+    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "",
+                   max_age: float | None = None) -> ListFacts:
         self.calls += 1
         if self.broken:
             raise BackendError("sqlite /nope: unable to open database file")
@@ -86,6 +86,8 @@ def post(s: Session, frm: str, rcpt: str = LIST, mail_from: str = "bounce@x.org"
     assert s.mail(mail_from).action == CONTINUE
     assert s.rcpt(rcpt).action == CONTINUE
     s.header("From", frm)
+    s.header("To", rcpt)  # an explicit destination and a Subject: Mailman holds posts
+    s.header("Subject", "a post")  # without them (implicit-dest, no-subject)
     return s.eom()
 
 
@@ -233,7 +235,7 @@ def test_several_lists_when_allowed_any_refusal_refuses() -> None:
     r = s.eom()
     assert r.decision.action == REJECT and r.list_address == OTHER
     assert str(r.decision.reply) == (
-        "550 5.7.1 You are not permitted to post to ops@lists.test."
+        "550 5.7.2 You are not permitted to post to ops@lists.test."
         " Contact ops-owner@lists.test for help.")
 
 
@@ -267,14 +269,14 @@ def test_nonmember_rejected_with_template_and_sanitised_values() -> None:
     engine, _, _ = make("[lists]\nreject_message = No %(sender)s on %(list)s, 100%% sure\n")
     r = post(external(engine), '"x" <evil%\r\n250@x.org>')
     assert r.decision.action == REJECT
-    assert str(r.decision.reply).startswith("550 5.7.1 No ")
+    assert str(r.decision.reply).startswith("550 5.7.2 No ")
     assert "\r" not in str(r.decision.reply) and "100% sure" in str(r.decision.reply)
 
 
 @pytest.mark.parametrize(("cfg", "action", "code"), [
-    ("", REJECT, "550 5.7.1"),
+    ("", REJECT, "550 5.7.2"),
     ("[lists]\nnonmember_hold_action = accept\n", CONTINUE, None),
-    ("[lists]\nnonmember_hold_action = tempfail\n", TEMPFAIL, "451 4.7.1"),
+    ("[lists]\nnonmember_hold_action = tempfail\n", TEMPFAIL, "451 4.7.2"),
     (f"[list:{LIST}]\nnonmember_hold_action = accept\n", CONTINUE, None),
 ])
 def test_nonmember_hold_action(cfg: str, action: str, code: str | None) -> None:
@@ -322,7 +324,9 @@ def test_facts_are_cached() -> None:
     engine, b, _ = make()
     for _ in range(3):
         post(external(engine), "m@x.org")
-    assert b.calls == 1
+    # one lookup for the sender, and one per list for which lists need the body (both
+    # then cached for cache_ttl)
+    assert b.calls == 1 + len(b.policies)
 
 
 def test_own_headers_removed_last_first() -> None:
@@ -377,7 +381,7 @@ def test_internal_only_list_refused_at_rcpt_for_external_clients() -> None:
     s.mail("a@x.org")
     d = s.rcpt(LIST)
     assert d.action == REJECT
-    assert str(d.reply) == "550 5.7.1 dev@lists.test accepts posts from inside Example Corp only"
+    assert str(d.reply) == "550 5.7.2 dev@lists.test accepts posts from inside Example Corp only"
     assert s.rcpts[0].status == "rejected"
     assert s.rcpt(OTHER).action == CONTINUE, "other lists are not internal-only"
     i = engine.session("2")
@@ -393,7 +397,7 @@ def test_internal_only_by_domain_and_default_org() -> None:
     engine, _, _ = make("[lists]\ninternal_only = lists.test\n")
     s = external(engine)
     s.mail("a@x.org")
-    assert str(s.rcpt(OTHER).reply) == ("550 5.7.1 ops@lists.test accepts posts from inside "
+    assert str(s.rcpt(OTHER).reply) == ("550 5.7.2 ops@lists.test accepts posts from inside "
                                         "lists.test only")
 
 
@@ -456,7 +460,7 @@ def test_internal_only_list_from_a_relay_needs_a_trusted_path() -> None:
     assert r.decision.action == CONTINUE
     _s, r = trusted_post(engine, ["from evil (evil [203.0.113.8]) by relay.x.org"],
                          frm="m@x.org")
-    assert str(r.decision.reply) == ("550 5.7.1 dev@lists.test accepts posts from inside "
+    assert str(r.decision.reply) == ("550 5.7.2 dev@lists.test accepts posts from inside "
                                      "lists.test only")
     assert "path not trusted" in r.decision.reasons[0]
     # a client that is neither relay nor submission server: refused at RCPT already
@@ -512,7 +516,7 @@ def test_require_authenticated_sender_modes(mode: str, action: str,
     if mode == "observe":
         assert "OBSERVE: require_authenticated_sender would make list=dev@lists.test hold " \
                "instead of accept" in caplog.text
-    assert engine.needs_body is (mode != "no")
+    assert engine.auth_needs_body is (mode != "no")
 
 
 def test_received_spf_names_the_same_host_as_authentication_results() -> None:

@@ -23,8 +23,9 @@ import pytest
 from listgate import config
 from listgate.backends import mailman2, open_backend
 from listgate.backends.mailman2 import Mailman2Backend, load_config
+from listgate.chain import list_verdict
 from listgate.model import BackendError, Mailman2Facts, Mailman2Sender
-from listgate.verdict import MEMBER, NONMEMBER, list_verdict, mailman2_verdict
+from listgate.verdict import MEMBER, NONMEMBER, mailman2_verdict
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mailman2"
 HOST = "lists.test"

@@ -16,7 +16,7 @@ from test_mailman2 import DIGESTS, MEMBERS, OPTIONS, write_list
 from listgate import cli, config
 from listgate.backends.mailman2 import Mailman2Backend, mailman3_entry
 from listgate.backends.sqlite import SqliteBackend
-from listgate.verdict import list_verdict
+from listgate.chain import list_verdict
 
 POLICY = {
     "accept_these_nonmembers": ["Friend@Y.org", "^.*@trusted\\.org$", "^a|b@c", "@friends"],

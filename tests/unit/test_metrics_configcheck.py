@@ -222,10 +222,10 @@ def test_config_check_lists_and_unknown_sections(tmp_path: Path, capsys) -> None
     assert lists["dev@lists.test"]["nonmember_post"] == {
         "list_verdict": "hold(nonmember)",
         "reasons": ["nonmember nonmember@listgate.invalid: default_nonmember_action hold"],
-        "answer": "451 4.7.1 Your post to dev@lists.test awaits moderation; try again later"}
+        "answer": "451 4.7.2 Your post to dev@lists.test awaits moderation; try again later"}
     assert lists["board@lists.test"]["internal_only"] is True
     assert lists["board@lists.test"]["external_post"] == (
-        "550 5.7.1 board@lists.test accepts posts from inside lists.test only")
+        "550 5.7.2 board@lists.test accepts posts from inside lists.test only")
     assert r["warnings"] == [
         "[list:gone@lists.test]: the backend has no such list; the section has no effect"]
 

@@ -12,6 +12,7 @@ import pytest
 from listgate import config, model
 from listgate.backends import open_backend
 from listgate.backends.sqlite import (
+    SCHEMA_VERSION,
     ListExists,
     ListNotFound,
     SqliteBackend,
@@ -60,7 +61,7 @@ def test_init_is_idempotent_and_uses_wal(cfg: config.Config, tmp_path: Path) -> 
     s.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     conn.close()
 
 
@@ -86,7 +87,7 @@ def test_store_validation_names_the_value(store: SqliteStore) -> None:
         store.set_list_option(LIST, "emergency", "yes")
     with pytest.raises(ValueError, match="bad regular expression"):
         store.set_list_option(LIST, "hold_these_nonmembers", ["^("])
-    with pytest.raises(ValueError, match="list of strings"):
+    with pytest.raises(ValueError, match="expected a list"):
         store.set_list_option(LIST, "hold_these_nonmembers", "a@b.c")
     # nothing of the failed batch was written
     assert store.members(LIST) == []

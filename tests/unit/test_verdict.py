@@ -2,8 +2,9 @@
 
 import pytest
 
+from listgate.chain import list_verdict as mailman3_verdict
 from listgate.model import ListFacts, ListPolicy, SenderFacts
-from listgate.verdict import MEMBER, NONMEMBER, mailman3_verdict
+from listgate.verdict import MEMBER, NONMEMBER
 
 L = "dev@lists.test"
 

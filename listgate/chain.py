@@ -1,0 +1,245 @@
+"""The list manager's posting decision, declared as data: ordered tables of links.
+
+Mailman 3 declares its decision in ``mailman/chains/builtin.py`` as an ordered tuple of
+(rule, action, target) links and walks it in ``core/chains.py``: a rule that hits
+either jumps to a terminal chain (accept, hold, reject, discard), defers (records a
+reason; the ``any`` link holds later if some deferred rule hit) or detours into a
+sub-chain (the header matches).  :data:`MAILMAN3_CHAIN` is that table, in Mailman
+3.3.10's order, preceded by what Mailman's LMTP and incoming runners decide before the
+chain starts; :func:`walk` is that walker.  The rules are the functions of
+:mod:`listgate.rules.mailman3`.
+
+Two things the walker adds, both so that listgate never refuses a post the list would
+accept:
+
+* a rule that cannot be evaluated (:class:`~listgate.post.Unevaluable`: Mailman would
+  crash on the post, or the body was not read) is a miss with a note when its link
+  can only refuse -- whatever the rest says, the list would not have accepted more --
+  and ends the walk undecided (accepted, the log says why) when its link could accept;
+* :class:`~listgate.rules.Busy` (a bounded check could not run now) ends it with a
+  tempfail.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from listgate.compat32 import NotRead, Unevaluable
+from listgate.model import ListFacts, Mailman2Facts
+from listgate.post import Post
+from listgate.rules import Busy, Context, Hit, Input, Pass
+from listgate.rules import mailman3 as m3
+from listgate.verdict import MEMBER, ListVerdict, mailman2_verdict
+
+JUMP, DEFER, DETOUR = "jump", "defer", "detour"
+#: a jump whose terminal chain the hit names (Mailman's ``moderation`` and ``dmarc``
+#: chains jump where ``member_moderation_action`` / ``dmarc_action`` say)
+FROM_HIT = "from-hit"
+TERMINALS = ("accept", "hold", "reject", "discard")
+
+
+@dataclass(frozen=True)
+class Link:
+    """One (rule, action, target) link.  ``accepts``: a hit can accept the post, so
+    a rule that cannot be evaluated here leaves the verdict undecided."""
+
+    rule: str
+    check: Callable[[Input], Any]
+    action: str = JUMP
+    target: str | None = None
+    accepts: bool = False
+    #: DETOUR: the links of the chain detoured to, made per post (Mailman's
+    #: ``HeaderMatchChain.get_links`` builds them from the site and list settings)
+    links: Callable[[Input], Iterable[Link]] | None = None
+
+
+def _crash(what: str) -> Callable[[Input], Any]:
+    def check(inp: Input) -> Any:
+        raise Unevaluable(what)
+
+    return check
+
+
+def header_match_links(inp: Input) -> list[Link]:
+    """``chains/headers.py`` HeaderMatchChain: the site's ``header_checks`` (deferred;
+    any hit jumps to ``jump_chain`` before the list's own rules are looked at), then
+    the list's ``header_matches`` in order, each jumping to its action (no action: the
+    site's ``jump_chain``).  A target Mailman has no terminal chain for makes Mailman
+    fail when it builds that link: undecided here."""
+    site, policy = inp.facts.site, inp.facts.policy
+    out = [Link(f"header-match-config-{i}", m3.header_match_rule(h, p), DEFER)
+           for i, (h, p) in enumerate(m3.site_header_checks(site.header_checks))]
+    jump = site.jump_chain
+    out.append(Link("any", m3.any_site_check if jump in TERMINALS else _crash(
+        f"[antispam] jump_chain {jump!r} is not a chain"), JUMP, jump,
+        accepts=jump not in ("hold", "reject", "discard")))
+    list_id = policy.address.replace("@", ".")
+    for i, match in enumerate(policy.header_matches):
+        target = match.action or jump
+        name = f"header-match-{list_id}-{i}"
+        if target in TERMINALS:
+            out.append(Link(name, m3.header_match_rule(match.header, match.pattern), JUMP,
+                            target, accepts=target == "accept"))
+        else:
+            out.append(Link(name, _crash(f"header_matches rule {i} names {target!r}, which "
+                                         "is not a chain Mailman can jump to"),
+                            JUMP, target, accepts=True))
+    return out
+
+
+#: Mailman 3.3.10: LMTP runner, incoming runner, then ``chains/builtin.py``
+MAILMAN3_CHAIN: tuple[Link, ...] = (
+    Link("lmtp-defects", m3.lmtp_defects, JUMP, "reject"),
+    Link("autorespond", m3.autorespond, JUMP, "discard"),
+    Link("dmarc-mitigation", m3.dmarc_mitigation, JUMP, FROM_HIT),
+    Link("no-senders", m3.no_senders, JUMP, "discard"),
+    Link("approved", m3.approved, JUMP, "accept", accepts=True),
+    Link("loop", m3.loop, JUMP, "discard"),
+    Link("banned-address", m3.banned_address, JUMP, "discard"),
+    Link("header-match", m3.truth, DETOUR, links=header_match_links),
+    Link("emergency", m3.emergency, JUMP, "hold"),
+    Link("member-moderation", m3.member_moderation, JUMP, FROM_HIT, accepts=True),
+    Link("nonmember-moderation", m3.nonmember_moderation, JUMP, FROM_HIT, accepts=True),
+    Link("administrivia", m3.administrivia, DEFER),
+    Link("implicit-dest", m3.implicit_dest, DEFER),
+    Link("max-recipients", m3.max_recipients, DEFER),
+    Link("max-size", m3.max_size, DEFER),
+    Link("news-moderation", m3.news_moderation, DEFER),
+    Link("no-subject", m3.no_subject, DEFER),
+    Link("digests", m3.digests, DEFER),
+    Link("suspicious-header", m3.suspicious_header, DEFER),
+    Link("any", m3.any_hit, JUMP, "hold"),
+    Link("truth", m3.truth, JUMP, "accept"),
+)
+
+
+class _Walk:
+    """The state of one walk: passes and notes collected on the way."""
+
+    def __init__(self, inp: Input) -> None:
+        self.inp = inp
+        self.passes: list[tuple[str, str]] = []
+        self.notes: list[str] = []
+
+    def run(self, links: Sequence[Link], top: bool = True) -> ListVerdict | None:
+        """Walk ``links``; the verdict, or None when a sub-chain runs out."""
+        inp = self.inp
+        for i, link in enumerate(links):
+            rest: list[ListVerdict | None] = []
+            if top:
+                inp.rest = functools.partial(self._rest, links[i + 1:], rest)
+            try:
+                result = link.check(inp)
+            except Unevaluable as e:
+                if link.accepts:
+                    return self._undecided(link, str(e))
+                if not isinstance(e, NotRead):
+                    self.notes.append(f"{link.rule} not evaluated: {e}")
+                result = None
+            except Busy as e:
+                return ListVerdict("tempfail", rule=link.rule, reasons=(str(e),))
+            if isinstance(result, ListVerdict):
+                return result
+            if isinstance(result, Pass):
+                self.passes.append((link.rule, result.reason))
+                result = None
+            if result is None:
+                if rest:
+                    return rest[0]  # the rest was walked already, from this very state
+                continue
+            if link.action == DEFER:
+                inp.hits.append((link.rule, result))
+                continue
+            if link.action == DETOUR:
+                assert link.links is not None
+                verdict = self.run(list(link.links(inp)), top=False)
+                if verdict is not None:
+                    return verdict
+                continue
+            target = result.action if link.target == FROM_HIT else link.target
+            return self._terminal(link, str(target), result)
+        return None
+
+    def _rest(self, links: Sequence[Link], memo: list[ListVerdict | None]) -> ListVerdict | None:
+        """The verdict of the links after the current one, walked once."""
+        if not memo:
+            memo.append(self.run(links))
+        return memo[0]
+
+    def _terminal(self, link: Link, target: str, hit: Hit) -> ListVerdict:
+        reasons = tuple(r for r in (hit.reason,) if r)
+        if target == "accept":
+            if link.rule == "truth":
+                rule = self.passes[-1][0] if self.passes else "accept"
+                reasons = tuple(r for _n, r in self.passes) or ("no rule held the post",)
+            else:
+                rule = link.rule
+            return ListVerdict("accept", rule=rule, reasons=reasons + tuple(self.notes))
+        notice = hit.notice
+        if link.rule == "any" and self.inp.hits:
+            notice = "; ".join(h.notice or h.reason for _n, h in self.inp.hits)
+        kind = (hit.hold_kind or MEMBER) if target == "hold" else None
+        return ListVerdict(target, kind, rule=link.rule,
+                           reasons=reasons + tuple(self.notes), notice=notice)
+
+    def _undecided(self, link: Link, why: str) -> ListVerdict:
+        return ListVerdict("accept", rule=link.rule, undecided=True, reasons=(
+            f"{link.rule} not evaluable: {why}; the post goes to the list manager",
+            *self.notes))
+
+
+def walk(links: Sequence[Link], post: Post, facts: Any, ctx: Context) -> ListVerdict:
+    """The verdict of ``links`` for this post and these facts."""
+    inp = Input(post, facts, ctx)
+    verdict = _Walk(inp).run(links)
+    assert verdict is not None, "a top-level chain ends in an unconditional link"
+    return verdict
+
+
+def needs_body(facts: Any, holds_refuse: bool) -> bool:
+    """Do this list's rules read the body?  ``facts`` as the backend returns them (with
+    no senders); ``holds_refuse``: a member's hold is refused (member_hold_action is not
+    accept), so the content holds that read the body (administrivia, max-size) can
+    change the answer.
+
+    The body is read for what can turn a refusal into an accept -- the moderator
+    password on the first body line, header rules that look into MIME parts -- and
+    for the content holds only when they can refuse.  (lmtp-defects uses the body
+    when it is there, but never makes us ask for it.)"""
+    if isinstance(facts, ListFacts):
+        p = facts.policy
+        if p.approval_passwords or p.header_matches or \
+                m3.site_header_checks(facts.site.header_checks):
+            return True
+        return holds_refuse and bool(p.administrivia or p.max_message_size)
+    return False
+
+
+def list_verdict(facts: Any, post: Post | None = None, ctx: Context | None = None
+                 ) -> ListVerdict:
+    """The verdict for whatever facts a backend returned: Mailman 3's chain for
+    :class:`ListFacts`, Mailman 2's pipeline for :class:`Mailman2Facts`.
+
+    Without a post, one with no headers but the senders' is assumed (unit tests and
+    callers that have only the facts)."""
+    ctx = ctx or Context()
+    if isinstance(facts, ListFacts):
+        if post is None:
+            post = _bare_post(facts)
+        return walk(MAILMAN3_CHAIN, post, facts, ctx)
+    if isinstance(facts, Mailman2Facts):
+        return mailman2_verdict(facts)
+    raise TypeError(f"no verdict rules for {type(facts).__name__}")
+
+
+def _bare_post(facts: ListFacts) -> Post:
+    """A post that only names its senders (From) and the list (To), with a Subject:
+    what the sender rules alone decide."""
+    headers = [("From", s.address) for s in facts.senders[:1]]
+    headers += [("Reply-To", s.address) for s in facts.senders[1:]]
+    headers += [("To", facts.policy.address), ("Subject", "post")]
+    return Post(headers, "", b"", 0)
+
