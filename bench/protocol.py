@@ -20,7 +20,7 @@ wrong answer aborts the run):
 * ``member``: a list member posts to ``list@lists.test`` (envelope = From =
   ``mN@members.test``): accepted, with listgate's headers inserted.
 * ``nonmember``: ``sN@strangers.test`` (never seen before) posts to the list:
-  ``550 5.7.1 You are not permitted to post ...`` at end of message.
+  ``550 5.7.2 You are not permitted to post ...`` at end of message.
 * ``nolist``: mail to ``someone@elsewhere.test``: accepted, no list verdict.
 
 Part 2, ``protocol``: per concurrency N (``--concurrency``), N threads each running
@@ -87,7 +87,7 @@ DNS_TXT = {"members.test": SPF, "strangers.test": SPF, "other.test": SPF, HELO: 
 LISTGATE_CONFIG = ("[network]\ninternal_connect = 127.0.0.254/32\n"
                    "[milter]\nlog_level = info\n")
 CACHE_DIR = Path(os.environ.get("LISTGATE_BENCH_CACHE", "/var/tmp/listgate-bench"))
-REJECT_TEXT = f"550 5.7.1 You are not permitted to post to {LIST}."
+REJECT_TEXT = f"550 5.7.2 You are not permitted to post to {LIST}."
 KINDS = ("member", "nonmember", "nolist")
 #: "[3] B000000001A: ACCEPT: list=list@lists.test ..." -> (queue id, ACCEPT|REJECT)
 VERDICT_LINE = re.compile(

@@ -96,7 +96,7 @@ CONFIGS = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",
            "pyspf-milter/unix", "pyspf-milter/inet", "listgate-sqlite/unix",
            "listgate-sqlite/inet", "listgate-mailman3/unix", "listgate-mailman3/inet"]
 PEERS = Path(os.environ.get("LISTGATE_BENCH_PEERS", "/var/tmp/listgate-bench/peers"))
-LISTGATE_REJECT = f"550 5.7.1 You are not permitted to post to {LIST}."
+LISTGATE_REJECT = f"550 5.7.2 You are not permitted to post to {LIST}."
 
 
 def log(msg: str) -> None:

@@ -12,13 +12,16 @@ stderr as ``listgate: <message>``.
 
 Commands::
 
-    listgate db init
+    listgate db init                     # create the store (or upgrade an older schema)
+    listgate db upgrade                  # upgrade an older schema in place
     listgate lists create LIST [--default-member-action A]
                                [--default-nonmember-action A] [--emergency yes|no]
     listgate lists delete LIST
     listgate lists show LIST             # JSON: the policy plus member/nonmember/ban counts
     listgate lists ls                    # one posting address per line
     listgate lists set LIST KEY VALUE
+    listgate lists password LIST [--stdin | --clear]   # the moderator password (a hash)
+    listgate site show | site set KEY VALUE            # header_checks, jump_chain...
     listgate lists export FILE.json      # '-' = stdout
     listgate lists import FILE.json [--prune]   # '-' = stdin
     listgate members add LIST [ADDR ...] [--file F] [--nonmember] [--moderation-action A]
@@ -28,11 +31,14 @@ Commands::
     listgate bans remove ENTRY ... [--list LIST]
     listgate bans ls [--list LIST]
 
-Actions are Mailman 3's: hold, reject, discard, accept, defer.  ``lists set`` keys:
-default_member_action, default_nonmember_action, emergency (yes/no) and the four
-lists accept_these_nonmembers, hold_these_nonmembers, reject_these_nonmembers,
-discard_these_nonmembers, whose VALUE is comma-separated (an empty string clears
-the list) or, for regexps that contain commas, a JSON array such as
+Actions are Mailman 3's: hold, reject, discard, accept, defer.  ``lists set`` keys
+are the settings of :data:`listgate.listsettings.LIST_FIELDS`: default_member_action,
+default_nonmember_action, emergency (yes/no), the four lists
+accept_these_nonmembers, hold_these_nonmembers, reject_these_nonmembers,
+discard_these_nonmembers, and the rest of the posting chain's (header_matches,
+max_message_size, max_num_recipients, require_explicit_destination,
+acceptable_aliases, administrivia, ...).  A list VALUE is comma-separated (an empty
+string clears the list) or, for regexps that contain commas, a JSON array such as
 ``'["^a{1,3}@example\\\\.com", "bob@example.org"]'``.  Entries are an exact address,
 a ``^regexp`` or (accept list only) ``@list@domain``; like Mailman, exact entries
 are compared case-sensitively to the lowercased sender, so keep them lowercase.
@@ -88,7 +94,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from listgate import model
+from listgate import listsettings, model
 from listgate.backends.sqlite import (
     LIST_OPTIONS,
     SqliteStore,
@@ -205,6 +211,16 @@ def cmd_db_init(args: argparse.Namespace, store: SqliteStore) -> int:
     return 0
 
 
+def cmd_db_upgrade(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Bring the store's schema to this listgate's version, in place (never creates one)."""
+    old, new = store.upgrade()
+    if old == new:
+        print(f"database {store.path} is at schema version {new}: nothing to do")
+    else:
+        print(f"upgraded database {store.path} from schema version {old} to {new}")
+    return 0
+
+
 # -- lists
 
 
@@ -252,34 +268,65 @@ def cmd_lists_ls(args: argparse.Namespace, store: SqliteStore) -> int:
     return 0
 
 
-def _option_value(key: str, raw: str) -> Any:
-    """The CLI's text for ``lists set`` -> the value the store expects."""
-    if key == "emergency":
-        return _yes_no(raw, "emergency")
-    if key in model.NONMEMBER_LISTS:
-        if raw.lstrip().startswith("["):
-            try:
-                value = json.loads(raw)
-            except ValueError as e:
-                raise ValueError(f"invalid {key} {raw!r}: not a JSON array: {e}") from None
-            if not isinstance(value, list):
-                raise ValueError(f"invalid {key} {raw!r}: not a JSON array")
-            return value
-        return [w.strip() for w in raw.split(",") if w.strip()]
-    return raw
-
-
 def cmd_lists_set(args: argparse.Namespace, store: SqliteStore) -> int:
-    """Set one list option (the four nonmember lists are replaced whole)."""
-    if args.key not in LIST_OPTIONS:
-        raise ValueError(f"invalid option {args.key!r}: expected one of {', '.join(LIST_OPTIONS)}")
-    value = _option_value(args.key, args.value)
-    policy = store.set_list_option(args.list, args.key, value)
+    """Set one list option (lists are replaced whole)."""
+    f = listsettings.list_field(args.key)
+    if args.key == "approval_passwords" and args.value.strip():
+        raise ValueError("set approval passwords with 'listgate lists password LIST' (it "
+                         "stores a hash, never the password); '' clears them")
+    policy = store.set_list_option(args.list, args.key, f.kind.cli(args.value, args.key))
     new = getattr(policy, args.key)
     if args.key in model.NONMEMBER_LISTS:
         _warn_case((e for e in new if not e.startswith("@")), f"{args.key} entry")
-        new = list(new)
-    print(f"{policy.address}: {args.key} = {json.dumps(new)}")
+    print(f"{policy.address}: {args.key} = "
+          f"{json.dumps(listsettings.policy_to_json(policy)[args.key])}")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password: one line of stdin (``--stdin``), else asked twice on the tty."""
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"moderator password for {args.list.lower()}: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the two passwords differ; nothing changed")
+    if not password:
+        raise ValueError("empty password; use --clear to remove the password")
+    return password
+
+
+def cmd_lists_password(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Set (or --clear) the list's moderator password, for Approved: headers.
+
+    Stored as a sha512_crypt hash, as Mailman 3 stores ``moderator_password``; the
+    password itself is never written anywhere."""
+    if args.clear:
+        policy = store.set_list_option(args.list, "approval_passwords", [])
+        print(f"{policy.address}: moderator password cleared")
+        return 0
+    store.get_list(args.list)  # the list must exist before we ask for a password
+    from passlib.hash import sha512_crypt
+
+    digest = sha512_crypt.hash(_read_password(args))
+    policy = store.set_list_option(args.list, "approval_passwords", [digest])
+    print(f"{policy.address}: moderator password set")
+    return 0
+
+
+def cmd_site_show(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Print the site-wide settings as JSON."""
+    print(json.dumps(listsettings.site_to_json(store.site()), indent=2))
+    return 0
+
+
+def cmd_site_set(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Set one site-wide setting (as Mailman 3's [antispam] and [mailman] sections)."""
+    f = listsettings.site_field(args.key)
+    site = store.set_site_option(args.key, f.kind.cli(args.value, args.key))
+    print(f"site: {args.key} = {json.dumps(getattr(site, args.key))}")
     return 0
 
 
@@ -435,6 +482,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 
     db = group("db", "manage the SQLite store file")
     leaf(db, "init", cmd_db_init, write=False)  # init is the command itself
+    leaf(db, "upgrade", cmd_db_upgrade, write=False)
 
     lists = group("lists", "create, configure, export and import lists")
     p = leaf(lists, "create", cmd_lists_create, write=True)
@@ -454,8 +502,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("list", metavar="LIST")
     p.add_argument("key", metavar="KEY", help=", ".join(LIST_OPTIONS))
     p.add_argument("value", metavar="VALUE",
-                   help="an action; yes/no for emergency; for the lists comma-separated "
-                        "entries or a JSON array ('' clears)")
+                   help="an action; yes/no for the flags; a number for the limits; for the "
+                        "lists comma-separated entries or a JSON array ('' clears); "
+                        "header_matches a JSON array of objects")
+    p = leaf(lists, "password", cmd_lists_password, write=True)
+    p.add_argument("list", metavar="LIST")
+    p.add_argument("--stdin", action="store_true",
+                   help="read the password from the first line of stdin (no prompt)")
+    p.add_argument("--clear", action="store_true", help="remove the moderator password")
     p = leaf(lists, "export", cmd_lists_export, write=False)
     p.add_argument("file", metavar="FILE.json", help="'-' for stdout")
     p = leaf(lists, "import", cmd_lists_import, write=True)
@@ -468,6 +522,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="what SOURCE is (default: json)")
     p.add_argument("--prune", action="store_true",
                    help="also delete lists the source does not have")
+
+    site = group("site", "the site-wide settings (Mailman 3's [antispam] and [mailman])")
+    leaf(site, "show", cmd_site_show, write=False)
+    p = leaf(site, "set", cmd_site_set, write=True)
+    p.add_argument("key", metavar="KEY",
+                   help=", ".join(f.name for f in listsettings.SITE_FIELDS))
+    p.add_argument("value", metavar="VALUE")
 
     members = group("members", "add, remove and list members and nonmember records")
     for name, fn in (("add", cmd_members_add), ("remove", cmd_members_remove)):

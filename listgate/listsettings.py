@@ -302,8 +302,8 @@ _BY_NAME = {f.name: f for f in LIST_FIELDS}
 #: the site-wide settings (Mailman 3's [mailman] and [antispam])
 SITE_FIELDS: tuple[Field, ...] = (
     Field("header_checks", _TEXT, "[antispam] header_checks: lines 'Header: regexp'"),
-    Field("jump_chain", _choice_kind("hold", "reject", "discard", "accept"),
-          "[antispam] jump_chain"),
+    Field("jump_chain", _TEXT, "[antispam] jump_chain (hold, reject, discard or accept; "
+          "anything else makes Mailman fail on every post)"),
     Field("sender_headers", _TEXT, "[mailman] sender_headers"),
     Field("email_commands_max_lines", _INT, "[mailman] email_commands_max_lines"),
     Field("check_max_size_on_filtered_message", _BOOL,

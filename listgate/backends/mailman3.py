@@ -4,8 +4,14 @@ What Mailman 3 decides from (``rules/moderation.py``, ``model/bans.py``) is read
 through the REST API and handed to the same :func:`listgate.verdict.mailman3_verdict`
 the SQLite store uses:
 
-* the list's config (``GET /lists/{id}/config``): default actions, emergency and
-  the four ``*_these_nonmembers`` lists;
+* the list's config (``GET /lists/{id}/config``): default actions, emergency, the
+  four ``*_these_nonmembers`` lists and every other setting a rule of the posting
+  chain reads (the moderator password's hash, size and recipient limits, explicit
+  destination and aliases, administrivia, DMARC mitigation...), and its header rules
+  (``GET /lists/{id}/header-matches``);
+* the site's ``[antispam]`` and ``[mailman]`` settings
+  (``GET /system/configuration/antispam`` and ``.../mailman``): header_checks,
+  jump_chain, sender_headers...;
 * the list's and the site's bans (``GET /lists/{id}/bans``, ``GET /bans``), judged
   with Mailman's own rules (exact, then ``^`` patterns case-insensitively), so a new
   sender costs no ban request;
@@ -35,17 +41,85 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from listgate import listsettings
 from listgate.cache import TTLCache
-from listgate.config import Config, ConfigError
-from listgate.model import Backend, BackendError, ListFacts, ListPolicy, SenderFacts
+from listgate.config import Config, ConfigError, parse_bool
+from listgate.model import (
+    Backend,
+    BackendError,
+    HeaderMatch,
+    ListFacts,
+    ListPolicy,
+    SenderFacts,
+    SiteFacts,
+)
 from listgate.verdict import is_banned
 
 log = logging.getLogger("listgate")
 
-#: the fields of a list's config the verdict needs
-_POLICY_FIELDS = ("default_member_action", "default_nonmember_action", "emergency",
-                  "accept_these_nonmembers", "hold_these_nonmembers",
-                  "reject_these_nonmembers", "discard_these_nonmembers")
+#: the fields of a list's config the verdict needs, as REST names them (the rest of
+#: ListPolicy comes from moderator_password and the header-matches resource)
+_POLICY_FIELDS = tuple(f for f in listsettings.LIST_FIELD_NAMES
+                       if f not in ("approval_passwords", "header_matches",
+                                    "bounce_matching_headers"))
+
+
+def policy_from_rest(address: str, cfg: dict[str, Any], matches: dict[str, Any] | None
+                     ) -> ListPolicy:
+    """A list's REST config and header-matches -> ListPolicy.
+
+    A value REST leaves out or that does not validate keeps Mailman's default; the
+    moderator password arrives as its passlib hash.  ``bounce_matching_headers`` is
+    not in the REST API (only lists imported from Mailman 2.1 can have one): it is
+    taken to be Mailman 3's default, which matches nothing."""
+    values: dict[str, Any] = {}
+    for key in _POLICY_FIELDS:
+        if key not in cfg:
+            continue
+        f = listsettings.list_field(key)
+        try:
+            values[key] = f.kind.check(cfg[key], key)
+        except ValueError:
+            log.warning("mailman3: list %s: unexpected %s %r, using Mailman's default",
+                        address, key, cfg[key])
+    password = cfg.get("moderator_password")
+    if isinstance(password, str) and password:
+        values["approval_passwords"] = (password,)
+    rules = []
+    for e in sorted((matches or {}).get("entries", []), key=lambda e: e.get("position", 0)):
+        rules.append(HeaderMatch(str(e.get("header", "")).lower(), str(e.get("pattern", "")),
+                                 e.get("action")))
+    values["header_matches"] = tuple(rules)
+    return ListPolicy(address=address.lower(), **values)
+
+
+def site_from_rest(antispam: dict[str, Any] | None, mailman: dict[str, Any] | None
+                   ) -> SiteFacts:
+    """The site's ``[antispam]`` and ``[mailman]`` config sections -> SiteFacts."""
+    a, m = antispam or {}, mailman or {}
+    defaults = SiteFacts()
+
+    def number(raw: Any, default: int) -> int:
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            return default
+
+    def flag(raw: Any, default: bool) -> bool:
+        try:
+            return parse_bool(str(raw))
+        except ValueError:
+            return default
+
+    return SiteFacts(
+        header_checks=str(a.get("header_checks", "")),
+        jump_chain=str(a.get("jump_chain", defaults.jump_chain)).strip(),
+        sender_headers=str(m.get("sender_headers", defaults.sender_headers)),
+        email_commands_max_lines=number(m.get("email_commands_max_lines"),
+                                        defaults.email_commands_max_lines),
+        check_max_size_on_filtered_message=flag(m.get("check_max_size_on_filtered_message"),
+                                                defaults.check_max_size_on_filtered_message),
+        hold_digest=flag(m.get("hold_digest"), defaults.hold_digest))
 
 
 def read_password(cfg: Config) -> str:
@@ -99,10 +173,12 @@ class Mailman3Backend(Backend):
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _get(self, path: str, cache: bool = True) -> tuple[int, Any]:
-        """GET ``path`` (below the base URL): (status, JSON or None); 200 and 404 only."""
+    def _get(self, path: str, cache: bool = True, max_age: float | None = None
+             ) -> tuple[int, Any]:
+        """GET ``path`` (below the base URL): (status, JSON or None); 200 and 404 only.
+        ``max_age``: a cached answer older than this is fetched again."""
         if cache:
-            hit = self._cache.get(path)
+            hit = self._cache.get(path, max_age=max_age)
             if not TTLCache.missing(hit):
                 return hit
         url = self.url + path
@@ -174,25 +250,27 @@ class Mailman3Backend(Backend):
             raise BackendError(f"mailman3 {self.url}: no list {list_address}")
         return list_id
 
-    def _records(self, list_id: str, email: str) -> dict[str, dict[str, Any]]:
+    def _records(self, list_id: str, email: str, max_age: float | None = None
+                 ) -> dict[str, dict[str, Any]]:
         """The sender's member and nonmember records on the list, by role, in ONE request
         (``members/find`` matches the address, or a user whose preferred address it is,
         as Mailman's roster lookup does)."""
         q = f"/members/find?list_id={quote(list_id)}&subscriber={quote(email, safe='@')}"
-        status, body = self._get(q)
+        status, body = self._get(q, max_age=max_age)
         if status != 200:
             return {}
         return {e.get("role", ""): e for e in body.get("entries", [])}
 
-    def _user_member(self, list_id: str, email: str) -> dict[str, Any] | None:
+    def _user_member(self, list_id: str, email: str, max_age: float | None = None
+                     ) -> dict[str, Any] | None:
         """Mailman's second step: a member through another address of the sender's user."""
-        status, body = self._get(f"/users/{quote(email, safe='@')}/addresses")
+        status, body = self._get(f"/users/{quote(email, safe='@')}/addresses", max_age=max_age)
         if status != 200:
             return None
         for a in body.get("entries", []):
             other = a.get("email", "").lower()
             if other and other != email:
-                member = self._records(list_id, other).get("member")
+                member = self._records(list_id, other, max_age).get("member")
                 if member is not None:
                     return member
         return None
@@ -208,16 +286,8 @@ class Mailman3Backend(Backend):
     def list_facts(self, list_address: str, senders: Sequence[str],
                    primary: str = "", max_age: float | None = None) -> ListFacts:
         list_id = self._list_id(list_address)
-        status, cfg = self._get(f"/lists/{list_id}/config")
-        if status != 200:  # deleted since the list index was read
-            raise BackendError(f"mailman3 {self.url}: no list {list_address} (deleted?)")
-        policy = ListPolicy(
-            address=list_address.lower(),
-            default_member_action=cfg.get("default_member_action", "defer"),
-            default_nonmember_action=cfg.get("default_nonmember_action", "hold"),
-            emergency=bool(cfg.get("emergency", False)),
-            **{k: tuple(cfg.get(k) or ()) for k in _POLICY_FIELDS[3:]},
-        )
+        policy = self._policy(list_id, list_address)
+        site = self.site()
         facts = [SenderFacts(s) for s in senders]
         # the order of Mailman's rules: a ban decides alone, then the first member,
         # then the nonmembers' own actions and the pattern lists
@@ -225,15 +295,15 @@ class Mailman3Backend(Backend):
         for i, s in enumerate(senders):
             if is_banned(s, bans):
                 facts[i] = SenderFacts(s, banned=True)
-                return ListFacts(policy, tuple(facts))
+                return ListFacts(policy, tuple(facts), site)
         records = {}
         for i, s in enumerate(senders):
-            records[s] = self._records(list_id, s)
-            member = records[s].get("member") or self._user_member(list_id, s)
+            records[s] = self._records(list_id, s, max_age)
+            member = records[s].get("member") or self._user_member(list_id, s, max_age)
             if member is not None:
                 facts[i] = SenderFacts(s, is_member=True,
                                        member_action=member.get("moderation_action"))
-                return ListFacts(policy, tuple(facts))
+                return ListFacts(policy, tuple(facts), site)
         referenced = policy.referenced_lists()
         for i, s in enumerate(senders):
             action = records[s].get("nonmember", {}).get("moderation_action")
@@ -241,7 +311,21 @@ class Mailman3Backend(Backend):
             facts[i] = SenderFacts(s, nonmember_action=action, member_of=member_of)
             if action is not None:
                 break  # the first sender with its own action decides
-        return ListFacts(policy, tuple(facts))
+        return ListFacts(policy, tuple(facts), site)
+
+    def _policy(self, list_id: str, list_address: str) -> ListPolicy:
+        """The list's settings: its config and its header rules (two cached requests)."""
+        status, cfg = self._get(f"/lists/{list_id}/config")
+        if status != 200:  # deleted since the list index was read
+            raise BackendError(f"mailman3 {self.url}: no list {list_address} (deleted?)")
+        _, matches = self._get(f"/lists/{list_id}/header-matches")
+        return policy_from_rest(list_address, cfg, matches)
+
+    def site(self) -> SiteFacts:
+        """The site-wide settings the rules read (two cached requests per TTL)."""
+        _, antispam = self._get("/system/configuration/antispam")
+        _, mailman = self._get("/system/configuration/mailman")
+        return site_from_rest(antispam, mailman)
 
     def _is_member_of(self, list_address: str, email: str) -> bool:
         """``@list@domain``: Mailman 3.3.10 checks the other list's members' addresses."""
@@ -295,11 +379,9 @@ def export(backend: Mailman3Backend) -> dict[str, Any]:
         list_id = entry["list_id"]
         address = f"{entry['list_name']}@{entry['mail_host']}".lower()
         _, cfg = backend._get(f"/lists/{list_id}/config", cache=False)
-        item: dict[str, Any] = {"address": address}
-        for key in _POLICY_FIELDS:
-            value = cfg.get(key)
-            item[key] = bool(value) if key == "emergency" else (
-                list(value or []) if key.endswith("_nonmembers") else value)
+        _, matches = backend._get(f"/lists/{list_id}/header-matches", cache=False)
+        item: dict[str, Any] = listsettings.policy_to_json(
+            policy_from_rest(address, cfg, matches))
         for role, key in (("member", "members"), ("nonmember", "nonmembers")):
             _, roster = backend._get(f"/lists/{list_id}/roster/{role}", cache=False)
             rows: dict[str, str | None] = {}
@@ -317,4 +399,7 @@ def export(backend: Mailman3Backend) -> dict[str, Any]:
                  for b in (list_bans or {}).get("entries", [])]
     _, global_bans = backend._get("/bans", cache=False)
     bans += [{"list": None, "entry": b["email"]} for b in (global_bans or {}).get("entries", [])]
-    return {"version": 1, "lists": out_lists, "bans": bans}
+    _, antispam = backend._get("/system/configuration/antispam", cache=False)
+    _, mailman = backend._get("/system/configuration/mailman", cache=False)
+    site = listsettings.site_to_json(site_from_rest(antispam, mailman))
+    return {"version": 2, "site": site, "lists": out_lists, "bans": bans}

@@ -60,7 +60,7 @@ def test_forged_member_from_is_refused_with_the_reason(daemon, mta, smtp_sink):
     mark = daemon.log_size()
     msg = message(MEMBER)
     r = send(mta, msg, "stranger@softfail.test")
-    assert str(r.data).startswith("550 5.7.1 You are not permitted to post to auth@lists.test")
+    assert str(r.data).startswith("550 5.7.2 You are not permitted to post to auth@lists.test")
     log = daemon.log_text(mark)
     assert ("From member@signed.test not authenticated: SPF softfail, no aligned DKIM"
             in log), log

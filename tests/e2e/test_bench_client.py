@@ -50,7 +50,7 @@ def test_client_negotiates_and_gets_each_verdict(bench_daemon):
     assert dict(member.headers)["Received-SPF"].startswith("Pass ")
     assert nonmember.stage == "eom"
     assert nonmember.smtp.startswith(
-        "550 5.7.1 You are not permitted to post to list@lists.test.")
+        "550 5.7.2 You are not permitted to post to list@lists.test.")
     assert nolist.smtp == "accept" and member2.smtp == "accept"
     assert all(protocol.check_listgate(k, r) is None for (k, _), r in zip(jobs, replies,
                                                                              strict=True))

@@ -35,7 +35,7 @@ LIST = "dev@lists.test"
 MEMBER, STRANGER = "m@corp.test", "stranger@corp.test"
 INT_IP = "10.1.2.3"
 BASE = "[network]\ninternal_connect = 10.0.0.0/8\n"
-DEFAULT_REFUSAL = ("550 5.7.1 You are not permitted to post to dev@lists.test. "
+DEFAULT_REFUSAL = ("550 5.7.2 You are not permitted to post to dev@lists.test. "
                    "Contact dev-owner@lists.test for help.")
 
 
@@ -159,14 +159,14 @@ def test_hup_under_load_loses_nothing_and_changes_take_effect(daemon):
             d.proc.send_signal(signal.SIGHUP)
         load.wait_for(20)
         # a per-list option changes: strangers now get the new text
-        load.refusal = r"550 5\.7\.1 (You are not permitted|Closed list)"
+        load.refusal = r"550 5\.7\.2 (You are not permitted|Closed list)"
         mark = d.log_size()
         d.write_config(BASE + f"[list:{LIST}]\nreject_message = Closed list %(list)s\n")
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for_log(r"SIGHUP: reloaded: mode=enforce", mark)
         load.wait_for(20)
         load.stop()
-        assert post(d, STRANGER) == "550 5.7.1 Closed list dev@lists.test"
+        assert post(d, STRANGER) == "550 5.7.2 Closed list dev@lists.test"
         assert load.wrong == [], load.wrong[:5]
         assert load.refused_connections == 0
     assert len(re.findall(r"SIGHUP: reloaded", d.log_text())) >= 5

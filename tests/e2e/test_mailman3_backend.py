@@ -19,7 +19,7 @@ from listgate.chain import list_verdict
 from listgate.model import BackendError
 
 LIST = "dev@mm3.test"
-REJECT_TEXT = ("550 5.7.1 You are not permitted to post to dev@mm3.test. "
+REJECT_TEXT = ("550 5.7.2 You are not permitted to post to dev@mm3.test. "
                "Contact dev-owner@mm3.test for help.")
 
 

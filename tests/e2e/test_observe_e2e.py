@@ -172,7 +172,7 @@ def test_config_check_against_the_daemon_config(daemon, dns):
     assert r["dns"]["nameservers"] == [dns.nameservers.replace(" ", "")]
     assert [li["list"] for li in r["lists"]] == [LIST, OTHER]
     assert r["lists"][0]["nonmember_post"]["answer"] == (
-        "550 5.7.1 You are not permitted to post to dev@lists.test. "
+        "550 5.7.2 You are not permitted to post to dev@lists.test. "
         "Contact dev-owner@lists.test for help.")
     # the default test name is the first list's domain; dnsmasq knows no TXT there
     text = daemon.cli("config", "check").stdout.decode()

@@ -48,7 +48,7 @@ def test_internal_client_sending_as_a_foreign_domain(daemon, mta, smtp_sink):
 def test_nonmember_hold_configured_to_tempfail(daemon, mta, smtp_sink):
     r, msg = send(mta, frm="stranger@y.test", mail_from="stranger@y.test", rcpts=[OTHER],
                   helo="host.y.test", source_ip="127.0.0.3")
-    assert str(r.data) == ("451 4.7.1 Your post to ops@lists.test awaits moderation; "
+    assert str(r.data) == ("451 4.7.2 Your post to ops@lists.test awaits moderation; "
                            "try again later")
     check(daemon, r, msg, mail_from="stranger@y.test", rcpts=[OTHER], helo="host.y.test",
           source_ip="127.0.0.3")

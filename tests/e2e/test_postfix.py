@@ -33,7 +33,7 @@ DNS = {
     "a": {"mail.pass.test": GOOD_IP},
 }
 
-REJECT_TEXT = ("550 5.7.1 You are not permitted to post to dev@lists.test. "
+REJECT_TEXT = ("550 5.7.2 You are not permitted to post to dev@lists.test. "
                "Contact dev-owner@lists.test for help.")
 
 
@@ -176,7 +176,7 @@ def test_percent_and_crlf_in_echoed_sender(daemon, mta, smtp_sink):
     try:
         r, msg = send(mta, frm="100%off@y.test", mail_from="100%off@y.test", rcpts=[LIST],
                       source_ip=BAD_IP, helo="host.y.test")
-        assert str(r.data) == ("550 5.7.1 No posts from 100%off@y.test to dev@lists.test, "
+        assert str(r.data) == ("550 5.7.2 No posts from 100%off@y.test to dev@lists.test, "
                                "100% sure")
         check(daemon, r, msg, mail_from="100%off@y.test", rcpts=[LIST], helo="host.y.test",
               source_ip=BAD_IP)

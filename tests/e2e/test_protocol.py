@@ -58,7 +58,7 @@ CONFIG = (
     f"[list:{PCT}]\nreject_message = No posts from %(sender)s to %(list)s, 100%% sure\n"
 )
 
-REJECT_TEXT = ("550 5.7.1 You are not permitted to post to dev@lists.test. "
+REJECT_TEXT = ("550 5.7.2 You are not permitted to post to dev@lists.test. "
                "Contact dev-owner@lists.test for help.")
 SPF_PASS_V4 = (f"Pass (mx.listgate.test: domain of pass.test designates {EXT_IP} as "
                f"permitted sender) client-ip={EXT_IP};")
@@ -494,7 +494,7 @@ def _crlf_and_percent_echoed(daemon):
     text = smtp(eom[0])
     assert "\r" not in text and "\n" not in text
     # on the wire each % is doubled (libmilter format string); the MTA un-doubles it
-    assert text == "550 5.7.1 No posts from a%%b?550 x@y.test to pct@lists.test, 100%% sure"
+    assert text == "550 5.7.2 No posts from a%%b?550 x@y.test to pct@lists.test, 100%% sure"
     daemon.wait_for_log(r"REJECT: list=pct@lists\.test verdict=discard rule=no-senders .*"
                         r"\(550 5\.7\.1 No posts from a%b\?550 x@y\.test to pct@lists\.test, "
                         r"100% sure\); client=", since=mark)

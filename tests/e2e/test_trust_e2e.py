@@ -19,7 +19,7 @@ MIDDLE_HDR = ("from unknown.test (unknown.test [203.0.113.8])\n\tby relay.corp.t
               "with ESMTP id 4Xk9Lq2bb; Sun, 22 Nov 2026 10:00:00 +0000")
 FORGED_SUBMISSION = ("from smtp.corp.test (smtp.corp.test [198.51.100.5])\n\tby unknown.test "
                      "(Postfix) with ESMTPS id 1; Sun, 22 Nov 2026 09:59:59 +0000")
-REFUSAL = "550 5.7.1 inside@lists.test accepts posts from inside Corp only"
+REFUSAL = "550 5.7.2 inside@lists.test accepts posts from inside Corp only"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_trusted_path_nonmember_accepted_with_header(daemon, mta, smtp_sink):
 
 def test_unknown_server_in_the_middle_is_not_trusted(daemon, mta, smtp_sink):
     r, msg = post(mta, LIST, [MIDDLE_HDR, FORGED_SUBMISSION, MUA_HDR])
-    assert str(r.data).startswith("550 5.7.1 You are not permitted to post to dev@lists.test")
+    assert str(r.data).startswith("550 5.7.2 You are not permitted to post to dev@lists.test")
     assert not_delivered(smtp_sink, msg)
 
 

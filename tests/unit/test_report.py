@@ -15,7 +15,7 @@ import pytest
 from listgate import cli, report
 from listgate.logparse import normalize_reason, parse_line, verdict
 
-REJECT_TEXT = ("550 5.7.1 You are not permitted to post to dev@lists.test. "
+REJECT_TEXT = ("550 5.7.2 You are not permitted to post to dev@lists.test. "
                "Contact dev-owner@lists.test for help.")
 
 #: one daemon run, in the exact shapes engine.py writes (README "The log")
