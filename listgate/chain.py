@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from listgate.compat32 import NotRead, Unevaluable
+from listgate.compat32 import NotRead, Unevaluable, Unseen
 from listgate.model import ListFacts, Mailman2Facts
 from listgate.post import Post
 from listgate.rules import Busy, Context, Hit, Input, Pass
@@ -136,7 +136,7 @@ class _Walk:
             except Unevaluable as e:
                 if link.accepts:
                     return self._undecided(link, str(e))
-                if not isinstance(e, NotRead):
+                if not isinstance(e, NotRead | Unseen):
                     self.notes.append(f"{link.rule} not evaluated: {e}")
                 result = None
             except Busy as e:

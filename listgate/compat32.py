@@ -26,6 +26,11 @@ class Unevaluable(Exception):
     body was not read, or was cut at ``max_body_bytes``).  Never a reason to refuse."""
 
 
+class Unseen(Unevaluable):
+    """The rule reads a header an MTA adds after listgate saw the message (the MTA's own
+    Received line): it can be judged only where what we see already decides."""
+
+
 class NotRead(Unevaluable):
     """The rule needs the body, which was not read because no list's settings needed
     it: the usual case, not worth a note in the log."""

@@ -546,6 +546,7 @@ class Worker:
             from listgate import metrics
 
             metrics.attach(self.metrics, engine, log)
+        engine.warm_up()
         old, ListgateMilter.engine = ListgateMilter.engine, engine
         self.cfg = new
         ListgateMilter.connections.retire(old)
@@ -603,3 +604,5 @@ def check_backend(engine: Engine) -> None:
         log.warning("backend %s not usable yet: %s; list posts are answered %s until it is",
                     engine.backend.name, e,
                     "UNCHECKED" if engine.fail_open else "451 4.3.0 (tempfail)")
+        return
+    engine.warm_up()

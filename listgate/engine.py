@@ -297,6 +297,11 @@ class Engine:
                 out.add(address)
         return frozenset(out)
 
+    def warm_up(self) -> None:
+        """Learn which lists need the body before the first connection (at start-up and
+        on reload), so that it is negotiated right from the start."""
+        self.body_lists.get(wait=True)
+
     def wants_body(self) -> bool:
         """Should the MTA send message bodies (asked at every connection)?"""
         if self.auth_needs_body:

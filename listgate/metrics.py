@@ -177,9 +177,10 @@ class TimedBackend:
             self._known.add(found)
         return found
 
-    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "") -> Any:
+    def list_facts(self, list_address: str, senders: Sequence[str], primary: str = "",
+                   max_age: float | None = None) -> Any:
         return self._timed("list_facts", self._backend.list_facts, list_address, senders,
-                           primary)
+                           primary, max_age)
 
 
 def unwrap(backend: Any) -> Any:

@@ -10,7 +10,9 @@ list settings) arrive in :class:`~listgate.model.ListFacts` from the backend.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import suppress
@@ -20,8 +22,9 @@ from email.message import Message
 from email.utils import getaddresses
 from typing import Any
 
-from listgate.compat32 import NotRead, Unevaluable, decoded
+from listgate.compat32 import NotRead, Unevaluable, Unseen, decoded
 from listgate.model import NONMEMBER_LISTS, HeaderMatch, ListFacts, SenderFacts
+from listgate.post import Post
 from listgate.rules import Busy, Hit, Input, Pass
 
 MEMBER, NONMEMBER = "member", "nonmember"
@@ -230,14 +233,55 @@ def _values_matching(pattern: str, values: list[Any]) -> Any:
     return None
 
 
+#: headers an MTA adds to the message after listgate has seen it: Postfix does not
+#: show a milter its own Received line, and every hop behind us adds one
+ADDED_AFTER_US = frozenset({"received"})
+#: what Mailman's LMTP runner adds before the chain runs (``add_message_hash``,
+#: ``msg['X-MailFrom']``): header rules see these too
+_LMTP_ADDED = ("message-id-hash", "x-message-id-hash", "x-mailfrom")
+
+
+def _message_id_hash(post: Post) -> str | None:
+    """``utilities/email.py`` add_message_hash: base32 of the SHA-1 of the Message-ID
+    without its angle brackets (after the LMTP runner's ``<[...]>`` repair)."""
+    mid = post.get("message-id")
+    if mid is None:
+        return None
+    mid = re.sub(r"^<?\[(.*)\]>?", r"<\1>", str(mid))
+    mid = mid[1:-1] if mid.startswith("<") and mid.endswith(">") else mid.strip()
+    return base64.b32encode(hashlib.sha1(mid.encode("utf-8")).digest()).decode("ascii")
+
+
+def header_values(post: Post, header: str) -> list[Any]:
+    """Every value of ``header`` the header-match chain sees: all parts' values, with
+    what Mailman's LMTP runner adds or replaces (Message-ID-Hash, X-MailFrom)."""
+    name = header.lower()
+    if name not in _LMTP_ADDED:
+        return post.walk_get_all(header)
+    if name == "x-mailfrom":
+        return [*post.walk_get_all(header), post.envelope_sender]
+    digest = _message_id_hash(post)
+    if digest is None:
+        return post.walk_get_all(header)
+    parts = post.walk_get_all(header)[len(post.get_all(header)):]  # top-level ones replaced
+    return [digest, *parts]
+
+
 def header_match_rule(header: str, pattern: str) -> Any:
     """A ``chains/headers.py`` HeaderMatchRule for one (header, pattern): every
-    occurrence of the header in every part of the message counts."""
+    occurrence of the header in every part of the message counts.
+
+    A Received line the MTA adds after us may match where the ones we see do not: a
+    rule on Received that finds nothing here is :class:`Unseen` (a miss where the
+    rule can only refuse, undecided where it can accept)."""
 
     def rule(inp: Input) -> Hit | None:
         if not inp.post.headers_complete:
             raise Unevaluable("the message has more headers than listgate keeps")
-        found = _values_matching(pattern, inp.post.walk_get_all(header))
+        found = _values_matching(pattern, header_values(inp.post, header))
+        if found is None and header.lower() in ADDED_AFTER_US:
+            raise Unseen(f"the MTA adds a {header} header listgate cannot see, which "
+                         f"{pattern!r} may match")
         if found is None or found is False:
             return None
         return Hit(f'Header "{header}" matched a header rule ({header}: '

@@ -43,7 +43,8 @@ def post(d: ListgateDaemon, sender: str, m: Mta | None = None) -> str:
     """One list post from an INTERNAL client; the final answer as the client reads it."""
     m = (m or Mta(d)).connect(INT_IP).helo()
     try:
-        mail, rcpts, eom = m.post(sender, [LIST], [("From", sender), ("Subject", "hi")])
+        mail, rcpts, eom = m.post(sender, [LIST], [("From", sender), ("To", LIST),
+                                                   ("Subject", "hi")])
         if mail != CONTINUE:
             return smtp(mail)
         if rcpts[0] != CONTINUE:
@@ -68,7 +69,7 @@ class Load:
     connection the daemon had accepted, is recorded in ``wrong``.
     """
 
-    def __init__(self, d: ListgateDaemon, threads: int = 4, refusal: str = r"550 5\.7\.1 ") -> None:
+    def __init__(self, d: ListgateDaemon, threads: int = 4, refusal: str = r"550 5\.7\.2 ") -> None:
         self.d = d
         self.refusal = refusal
         self.done = 0

@@ -158,16 +158,17 @@ def test_alias_domain_is_a_posting_address(mailman3):
 def test_requests_per_verdict_cold_and_warm(mailman3):
     """The numbers the README quotes: REST requests per verdict with a cold cache, for
     a new sender on a list already in the cache (the usual case: spam comes from new
-    addresses), and with a warm cache."""
+    addresses), and with a warm cache.  A cold cache also reads the list's header rules
+    and the site's [antispam] and [mailman] settings (3 requests, once per TTL)."""
     m = mailman3
     m.create_list("cost@mm3.test")
     m.subscribe("cost@mm3.test", "member@y.test")
     cases = {
-        "member (From = envelope)": (("member@y.test",), 4, 1),
-        "member in From, other envelope": (("member@y.test", "bounce@y.test"), 4, 1),
-        "nonmember": (("stranger@y.test",), 5, 2),
+        "member (From = envelope)": (("member@y.test",), 7, 1),
+        "member in From, other envelope": (("member@y.test", "bounce@y.test"), 7, 1),
+        "nonmember": (("stranger@y.test",), 8, 2),
         "nonmember, From + envelope + Reply-To": (("s1@y.test", "s2@y.test", "s3@y.test"),
-                                                  9, 6),
+                                                  12, 6),
     }
     rows = []
     for name, (senders, want_cold, want_new) in cases.items():
@@ -183,6 +184,8 @@ def test_requests_per_verdict_cold_and_warm(mailman3):
         b = backend(m)
         b.find_list("cost@mm3.test")
         b._get("/lists/cost.mm3.test/config")
+        b._get("/lists/cost.mm3.test/header-matches")
+        b.site()
         b._bans("cost.mm3.test")
         before = b.requests
         list_verdict(b.list_facts("cost@mm3.test", senders))

@@ -210,7 +210,8 @@ def accept_member_post(daemon: ListgateDaemon, qid: str) -> None:
     """A normal member post on a new connection is accepted (the daemon is alive)."""
     with Mta(daemon) as m:
         m.connect().helo()
-        mail, rcpts, eom = m.post(MEMBER, [LIST], [("From", MEMBER)], qid=qid)
+        mail, rcpts, eom = m.post(MEMBER, [LIST], [("From", MEMBER), ("To", LIST),
+                                                   ("Subject", "alive")], qid=qid)
         assert (mail, rcpts) == (CONTINUE, [CONTINUE])
         assert eom[-1] == CONTINUE, eom
         assert received_spf(eom).startswith(SPF_PASS_V4)
@@ -285,6 +286,7 @@ def test_member_post_gets_received_spf_and_forged_header_removed(daemon):
         mail, rcpts, eom = m.post(MEMBER, [LIST], [
             ("From", f"Member <{MEMBER}>"),
             ("X-Listgate-Verdict", "accept; forged by the sender"),
+            ("To", LIST),
             ("Subject", "hello"),
         ], qid="QID1")
     assert mail == CONTINUE and rcpts == [CONTINUE]
@@ -354,7 +356,8 @@ def test_smtp_auth_overrides_numeric_helo_and_spf_fail(daemon):
     # with AUTH: accepted at MAIL (authenticated = INTERNAL: no HELO rule, no SPF)
     with Mta(daemon) as m:
         m.connect().helo(EXT_IP)
-        mail, rcpts, eom = m.post("x@fail.test", [LIST], [("From", MEMBER)], qid="QIDAUTH",
+        mail, rcpts, eom = m.post("x@fail.test", [LIST], [("From", MEMBER), ("To", LIST),
+                                                           ("Subject", "s")], qid="QIDAUTH",
                                   **{"{auth_authen}": "alice"})
         assert mail == CONTINUE and rcpts == [CONTINUE]
         assert eom == [CONTINUE], "no SPF check, so no Received-SPF"
@@ -496,7 +499,7 @@ def _crlf_and_percent_echoed(daemon):
     # on the wire each % is doubled (libmilter format string); the MTA un-doubles it
     assert text == "550 5.7.2 No posts from a%%b?550 x@y.test to pct@lists.test, 100%% sure"
     daemon.wait_for_log(r"REJECT: list=pct@lists\.test verdict=discard rule=no-senders .*"
-                        r"\(550 5\.7\.1 No posts from a%b\?550 x@y\.test to pct@lists\.test, "
+                        r"\(550 5\.7\.2 No posts from a%b\?550 x@y\.test to pct@lists\.test, "
                         r"100% sure\); client=", since=mark)
     # the same escaping for a refusal at MAIL FROM
     with Mta(daemon) as m:
@@ -652,7 +655,8 @@ def test_abort_resets_the_transaction(daemon):
         m.header("From", "stranger@pass.test")
         m.header("X-Listgate-Verdict", "forged in the aborted transaction")
         m.abort()
-        _, rcpts, eom = m.post(MEMBER, [OTHER], [("From", MEMBER)], qid="QIDAB2")
+        _, rcpts, eom = m.post(MEMBER, [OTHER], [("From", MEMBER), ("To", OTHER),
+                                                 ("Subject", "s")], qid="QIDAB2")
     assert rcpts == [CONTINUE], "one list per transaction must not carry over an ABORT"
     assert eom[-1] == CONTINUE
     assert [c for c, _ in eom[:-1]] == [C.SMFIR_INSHEADER, C.SMFIR_INSHEADER], (

@@ -1,5 +1,6 @@
 """Sender extraction (Mailman 3's rules), reply sanitising, config validation."""
 
+import email.utils
 import re
 from pathlib import Path
 
@@ -33,10 +34,17 @@ def test_senders_no_plus_folding_and_null_sender() -> None:
 
 
 def test_encoded_words_are_decoded_before_parsing_as_mailman_does() -> None:
-    # Message.senders decodes RFC 2047 first (str(make_header(decode_header(v)))), so
-    # an encoded display name that spells an address is a sender too, as in Mailman
+    # Message.senders decodes RFC 2047 first (str(make_header(decode_header(v)))), then
+    # parses the decoded text: an encoded display name that spells an address is parsed
+    # as Mailman parses it.  What getaddresses makes of the result depends on the Python
+    # (3.11.2 as Debian patches it refuses it; 3.11.7 finds both addresses); Mailman
+    # runs on the same Python as listgate, so the answer must be exactly that parse.
     h = {"from": ["=?utf-8?q?member=40x=2Eorg?= <spammer@evil.org>"]}
-    assert addresses.senders(h, "") == ["member@x.org", "spammer@evil.org"]
+    decoded = [a.lower() for _n, a in email.utils.getaddresses(
+        ["member@x.org <spammer@evil.org>"]) if addresses.is_valid(a.lower())]
+    assert addresses.senders(h, "") == decoded
+    assert addresses.senders({"from": ["=?utf-8?q?x?= <spammer@evil.org>"]}, "") == [
+        "spammer@evil.org"]
     assert addresses.senders({"from": ["=?utf-8?b?YWxpY2VAYS50ZXN0?="]}, "") == ["alice@a.test"]
     # folded, and the decoded text has no CR/LF left
     assert addresses.senders({"from": ["Al =?utf-8?q?ice?=\n <ALICE@A.test>"]}, "") == [
