@@ -20,10 +20,11 @@ import time
 from typing import Any
 
 from listgate import addresses
-from listgate.chain import list_verdict
+from listgate.chain import list_verdict, needs_body
 from listgate.config import Config
 from listgate.engine import Engine
 from listgate.model import Backend, BackendError, ListFacts, Mailman2Facts, owner_of
+from listgate.rules.mailman3 import site_header_checks
 
 #: an address no list has: asking for it proves the backend answers
 PROBE_ADDRESS = "postmaster@listgate.invalid"
@@ -106,11 +107,21 @@ def describe_list(engine: Engine, backend: Backend, address: str) -> dict[str, A
     except BackendError as e:
         out["error"] = str(e)
         return out
+    holds_refuse = cfg.for_list(address, "member_hold_action") != "accept"
+    out["reads_body"] = (cfg.for_list(address, "require_authenticated_sender") != "no"
+                         or needs_body(facts, holds_refuse))
     if isinstance(facts, ListFacts):
         p = facts.policy
         out["policy"] = {"default_member_action": p.default_member_action,
                          "default_nonmember_action": p.default_nonmember_action,
                          "emergency": p.emergency}
+        out["chain"] = {"moderator_password": bool(p.approval_passwords),
+                        "header_matches": len(p.header_matches),
+                        "site_header_checks": len(site_header_checks(facts.site.header_checks)),
+                        "max_message_size": p.max_message_size,
+                        "max_num_recipients": p.max_num_recipients,
+                        "require_explicit_destination": p.require_explicit_destination,
+                        "dmarc_mitigate_action": p.dmarc_mitigate_action}
     elif isinstance(facts, Mailman2Facts):
         out["policy"] = {"generic_nonmember_action": facts.generic_nonmember_action,
                          "member_moderation_action": facts.member_moderation_action,
@@ -176,6 +187,18 @@ def as_text(r: dict[str, Any]) -> str:
         if "policy" in li:
             lines.append("  list policy: " + ", ".join(f"{k} {v}" for k, v in
                                                         li["policy"].items()))
+        if "chain" in li:
+            c = li["chain"]
+            password = "set" if c["moderator_password"] else "none"
+            lines.append(
+                f"  posting chain: moderator password {password}"
+                f", {c['header_matches']} header rule(s) (+{c['site_header_checks']} site), "
+                f"max size {c['max_message_size']} KB, max recipients "
+                f"{c['max_num_recipients']}, explicit destination "
+                f"{'yes' if c['require_explicit_destination'] else 'no'}, DMARC "
+                f"{c['dmarc_mitigate_action']}")
+        if "reads_body" in li:
+            lines.append(f"  reads the message body: {'yes' if li['reads_body'] else 'no'}")
         if "nonmember_post" in li:
             n = li["nonmember_post"]
             lines.append(f"  a nonmember's post: list says {n['list_verdict']} -> "

@@ -527,3 +527,20 @@ def test_received_spf_names_the_same_host_as_authentication_results() -> None:
     s.helo("mail.pass.test")
     assert not s.mail("<a@pass.test>").refuses
     assert spf.receivers[-1] == "mx.example.org" == s.authserv_id
+
+
+def test_a_refusal_rests_on_a_fresh_answer_not_a_cached_one() -> None:
+    # cache_ttl 60 s: accepts reuse the cached "not a member"; refusal_max_age 0: a
+    # refusal first asks the backend again, so a sender who just subscribed gets in
+    engine, b, _ = make("[lists]\ncache_ttl = 60\nrefusal_max_age = 0\n")
+    assert post(external(engine), "new@x.org").decision.action == REJECT
+    b.members[LIST]["new@x.org"] = None  # subscribed a moment later
+    assert post(external(engine), "new@x.org").decision.action == CONTINUE
+
+
+def test_with_the_default_refusal_max_age_a_young_cached_answer_is_used() -> None:
+    engine, b, _ = make("[lists]\ncache_ttl = 60\n")
+    assert post(external(engine), "new@x.org").decision.action == REJECT
+    calls = b.calls
+    assert post(external(engine), "new@x.org").decision.action == REJECT
+    assert b.calls == calls, "a refusal within refusal_max_age (5 s) of the answer reuses it"
