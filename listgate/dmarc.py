@@ -27,7 +27,8 @@ Mailman, not to be a better DMARC evaluator:
 Where listgate deliberately differs:
 
 * **DNS failure is "unknown", never "mitigate".**  Mailman mitigates when DNS fails
-  (timeout, SERVFAIL, a name dnspython cannot encode): it errs towards mitigation.
+  (timeout -- its ``[dmarc] resolver_timeout`` / ``resolver_lifetime``, 3 s / 5 s --
+  SERVFAIL, a name dnspython cannot encode): it errs towards mitigation.
   listgate must not refuse mail because of its own resolver's trouble, so the
   caller gets ``unknown`` and lets the list manager decide.  The same goes for
   anything else where Mailman's answer cannot be predicted (below).
@@ -58,8 +59,8 @@ with Mailman 3.3.10's ``get_organizational_domain``:
   ``xn--55qx5d.cn``, publicsuffixlist ``b.xn--55qx5d.cn``); publicsuffixlist knows both
   spellings.  Mailman then asks ``_dmarc.xn--55qx5d.cn``, a public suffix's record;
 * the *data* differ: Mailman downloads the list from publicsuffix.org every
-  ``[dmarc] cache_lifetime`` (7 days) and falls back to the copy it ships (from
-  2018-ish in 3.3.10), listgate uses the copy bundled with publicsuffixlist.  Rules
+  ``[dmarc] cache_lifetime`` (7 days) and falls back to the copy it ships (years
+  old in 3.3.10), listgate uses the copy bundled with publicsuffixlist.  Rules
   added or changed since (``s3.amazonaws.com``, ``*.platformsh.site``, ``.bd`` no
   longer a wildcard) give different organisational domains until both are current.
   A difference there changes only which second name is asked, and only when the From
