@@ -101,6 +101,19 @@ def normalise_domain(domain: str) -> str:
     return d
 
 
+def private_suffix(domain: str) -> str | None:
+    """``domain``'s public suffix plus one label, from the one list loaded at import;
+    None when ``domain`` is itself a public suffix (or the list cannot say).
+
+    No normalisation: callers that must reproduce someone else's view of a domain
+    (:mod:`listgate.dmarc` reproducing Mailman) pass the name exactly as they have it.
+    """
+    try:
+        return _PSL.privatesuffix(domain)
+    except Exception:  # noqa: BLE001 - a PSL surprise must not take a message down
+        return None
+
+
 def org_domain(domain: str) -> str:
     """The organisational domain (RFC 7489 section 3.2) of ``domain``, normalised.
 
@@ -110,11 +123,7 @@ def org_domain(domain: str) -> str:
     d = normalise_domain(domain)
     if not d:
         return ""
-    try:
-        org = _PSL.privatesuffix(d)
-    except Exception:  # noqa: BLE001 - a PSL surprise must not take a message down
-        org = None
-    return org or d
+    return private_suffix(d) or d
 
 
 def aligned(a: str, b: str) -> bool:
@@ -708,6 +717,7 @@ __all__ = [
     "dnsfunc",
     "normalise_domain",
     "org_domain",
+    "private_suffix",
     "sender_roles",
     "verify_dkim",
 ]

@@ -9,6 +9,7 @@ surprise inside pyspf into a temperror instead of an exception.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,33 @@ def _negative_ttl(response: dns.message.Message | None) -> float:
     return NEGATIVE_TTL
 
 
+def answer_ttl(answer: dns.resolver.Answer) -> float:
+    """Seconds a positive answer may be kept: its TTL, at most :data:`MAX_TTL`.
+
+    Shared by every module that caches dnspython answers (SPF, DMARC), so that they all
+    keep answers the same way.  dnspython's ``expiration`` is the smallest TTL along
+    the CNAME chain, counted from when the answer arrived, so an answer that came out
+    of dnspython's own cache is not kept for its full TTL a second time.
+    """
+    expiration = getattr(answer, "expiration", None)
+    if expiration is None:
+        ttl = float(answer.rrset.ttl) if answer.rrset is not None else NEGATIVE_TTL
+    else:
+        ttl = expiration - time.time()
+    return max(0.0, min(ttl, MAX_TTL))
+
+
+def negative_answer_ttl(error: dns.resolver.NXDOMAIN | dns.resolver.NoAnswer) -> float:
+    """Seconds "no such name" / "no such record" may be kept (RFC 2308), at most
+    :data:`MAX_TTL`: the SOA of the response inside dnspython's exception decides."""
+    if isinstance(error, dns.resolver.NoAnswer):
+        response = error.kwargs.get("response")
+    else:
+        qnames = error.qnames()
+        response = error.response(qnames[0]) if qnames else None
+    return max(0.0, min(_negative_ttl(response), MAX_TTL))
+
+
 def cached_lookup(name: str, qtype: str, tcpfallback: bool = True,
                   timeout: float = 30) -> list[tuple[tuple[str, str], Any]]:
     """pyspf's ``DNSLookup``, with the converted answer cached for its TTL.
@@ -72,13 +100,12 @@ def cached_lookup(name: str, qtype: str, tcpfallback: bool = True,
                 out.append(((name, qtype), rdata.target.to_text(True)))
             elif qtype in ("TXT", "SPF"):
                 out.append(((name, qtype), rdata.strings))
-        ttl = float(answers.rrset.ttl) if answers.rrset is not None else NEGATIVE_TTL
+        ttl = answer_ttl(answers)
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as e:
-        ttl = _negative_ttl(e.kwargs.get("response") if isinstance(e, dns.resolver.NoAnswer)
-                            else e.response(e.qnames()[0]) if e.qnames() else None)
+        ttl = negative_answer_ttl(e)
     except (dns.exception.Timeout, dns.resolver.NoNameservers) as e:
         raise spf.TempError(f"DNS {e}") from None
-    _answers.put(key, out, min(ttl, MAX_TTL))
+    _answers.put(key, out, ttl)
     return out
 
 

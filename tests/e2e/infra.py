@@ -368,6 +368,8 @@ class DnsServer(_Server):
         ptr: ``{ip or reverse name: hostname}``: PTR records
             (``"127.0.0.2"`` -> ``2.0.0.127.in-addr.arpa``).
         mx: ``{name: host or [(preference, host), ...]}``: MX records.
+        cname: ``{alias: target}``: CNAME records (dnsmasq ``--cname``); the target
+            must be a name dnsmasq itself has records for (e.g. a ``txt`` name).
         zones: domains dnsmasq is authoritative for (``--local=/zone/``): unknown
             names in them are NXDOMAIN. Names outside every zone get REFUSED.
         log_queries: log every query; :meth:`queries` then lists them.
@@ -385,6 +387,7 @@ class DnsServer(_Server):
         ptr: Mapping[str, str] | None = None,
         mx: Mapping[str, object] | None = None,
         *,
+        cname: Mapping[str, str] | None = None,
         zones: Iterable[str] = ("test", "in-addr.arpa"),
         log_queries: bool = False,
         startup_timeout: float = 10.0,
@@ -398,6 +401,7 @@ class DnsServer(_Server):
         self.a = dict(a or {})
         self.ptr = dict(ptr or {})
         self.mx = dict(mx or {})
+        self.cname = dict(cname or {})
         self.zones = [z.strip(".") for z in zones]
         self.startup_timeout = startup_timeout
         self.host = LOOPBACK
@@ -432,6 +436,8 @@ class DnsServer(_Server):
             for entry in _as_list(entries):
                 pref, host = (10, entry) if isinstance(entry, str) else entry
                 lines.append(f"mx-host={name},{_check_name(host)},{int(pref)}")
+        for alias, target in self.cname.items():
+            lines.append(f"cname={_check_name(alias)},{_check_name(target)}")
         return "\n".join(lines) + "\n"
 
     @property
@@ -526,7 +532,7 @@ class DnsServer(_Server):
     def restart(self, **records) -> DnsServer:
         """Restart with changed records (keyword args as in the constructor), same port."""
         for key, value in records.items():
-            if key not in ("txt", "a", "ptr", "mx"):
+            if key not in ("txt", "a", "ptr", "mx", "cname"):
                 raise TypeError(f"unknown record type {key!r}")
             setattr(self, key, dict(value or {}))
         _terminate(self._proc)
