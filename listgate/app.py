@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from listgate.backends import open_backend
 from listgate.config import Config
+from listgate.dmarc import DmarcChecker
 from listgate.engine import Engine
 from listgate.spfcheck import SpfChecker, configure_dns
 
@@ -40,4 +41,5 @@ def build_engine(cfg: Config, log: logging.Logger | None = None,
     name = receiver_name(cfg)
     spf = SpfChecker(name, cfg.spf.timeout, cfg.dns.timeout, cfg.spf.cache_ttl)
     return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log, host_name=name,
+                  dmarc=DmarcChecker(cfg.dns.timeout),
                   background_refresh=background_refresh)
