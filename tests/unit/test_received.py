@@ -330,7 +330,7 @@ def test_route1_trusted() -> None:
     assert r.submission_ip == "192.168.10.1"
     assert r.hops == ("192.168.10.3", "192.168.10.1", MUA)
     assert r.reason == ("path trusted: client 192.168.10.3 relay -> submission 192.168.10.1, "
-                        f"MUA {MUA}")
+                        f"MUA {MUA} (authenticated: with ESMTPSA)")
 
 
 def test_route1_two_relays_and_content_filter() -> None:
@@ -415,7 +415,8 @@ def test_client_is_submission_server() -> None:
     r = trusted_path([SUB_FROM_MUA], "192.168.10.2", SUBMISSION, RELAYS)
     assert r.trusted and r.submission_ip == "192.168.10.2"
     assert r.hops == ("192.168.10.2", MUA)
-    assert r.reason == f"path trusted: client 192.168.10.2 is a submission server, MUA {MUA}"
+    assert r.reason == ("path trusted: client 192.168.10.2 is a submission server, "
+                        f"MUA {MUA} (authenticated: with ESMTPSA)")
 
 
 def test_client_is_submission_server_without_headers() -> None:
