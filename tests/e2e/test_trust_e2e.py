@@ -6,6 +6,8 @@ authenticate at (it appears only in the Received chain), 127.0.0.3 a stranger.
 
 from __future__ import annotations
 
+import re
+
 import infra
 import pytest
 from test_postfix import DNS, GOOD_IP, LIST, _daemon, delivered, not_delivered
@@ -43,12 +45,13 @@ def post(mta, rcpt: str, received: list[str], source_ip: str = GOOD_IP,
     msg = infra.make_message(from_=frm, to=rcpt, headers=[
         ("X-Listgate-Trusted", "submission=6.6.6.6"),
         *(("Received", h.format(rcpt=rcpt)) for h in received)])
-    # the Received lines must come first, as a relay wrote them
+    # the Received headers must come first, as a relay wrote them; each is moved whole,
+    # with its folded lines (their "by ... with ESMTPSA" part is what the trust rule reads)
     head, _, body = msg.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    rec = [ln for ln in lines if ln.startswith(b"Received:")]
-    msg = b"\r\n".join([*rec, *(ln for ln in lines if not ln.startswith(b"Received:"))])
-    msg = msg.replace(b"\n\t", b"\r\n\t") + b"\r\n\r\n" + body
+    fields = re.split(rb"\r\n(?![ \t])", head)
+    rec = [f for f in fields if f.startswith(b"Received:")]
+    msg = b"\r\n".join([*rec, *(f for f in fields if not f.startswith(b"Received:"))])
+    msg += b"\r\n\r\n" + body
     r = infra.smtp_transaction("127.0.0.1", mta.port, helo="relay.corp.test",
                                mail_from="bounce@pass.test" if source_ip == GOOD_IP
                                else "stranger@y.test", rcpts=[rcpt], message=msg,
