@@ -12,9 +12,14 @@ trust wrote it:
   relay, the IP in that header's ``from`` clause is the relay's own client, which is
   the next hop; and so on down, one header per relay;
 * the first hop that is not a relay must be a submission server; the header below it
-  (written by the submission server) names the MUA, which may be anything;
-* everything below that, and everything a non-trusted hop wrote, is ignored: it
-  could be forged.
+  (written by the submission server) names who connected to it;
+* that client is trusted as the author's own (the MUA) only when the submission server
+  recorded an authenticated submission (RFC 3848 ``with ESMTPA``/``ESMTPSA``...), or
+  when no older header has a ``from`` clause: otherwise another server handed the post
+  to the submission server, which never authenticated its author (the write-up's
+  second route, "MUA -> unknown server -> outgoing server", is refused);
+* older headers are only looked at for that: whether one claims a ``from`` clause.
+  What they say is never believed, since the MUA side could have written them.
 
 Only the ``from`` clause's address is used: the part the receiving server fills in
 from the TCP peer, never the HELO name the client chose.  Pure logic, no pymilter:
@@ -53,6 +58,10 @@ _BRACKET_TOKEN = re.compile(r"\[(?:ipv6:)?(?P<ip>" + _IP + r")\](?::\d{1,5})?",
 _CLAUSE_END = re.compile(r" (?:by|with|id|via|for)(?= |$)", re.IGNORECASE | re.ASCII)
 _BY = re.compile(r"(?:^|\s)by\s+([^\s;]{1,255})", re.IGNORECASE | re.ASCII)
 _WITH = re.compile(r"(?:^|\s)with\s+([A-Za-z0-9][A-Za-z0-9_.-]{0,39})", re.IGNORECASE | re.ASCII)
+#: qmail-queue's line, which qmail writes just above qmail-smtpd's own for mail taken
+#: from the network: on a submission server the line naming the client is the next one
+_QMAIL_FROM_NETWORK = re.compile(r"\(qmail \d{1,10} invoked from network\)",
+                                 re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,87 @@ def _untrusted(reason: str, hops: list[str]) -> TrustResult:
     return TrustResult(False, None, "untrusted: " + reason, tuple(hops))
 
 
+def has_from_clause(value: str) -> bool:
+    """This ``Received:`` value claims that a server took the message from another host.
+
+    This is the test for "older lines show it came from another server", so it errs
+    towards yes: a value counts when :func:`parse_received` reads a client address in
+    it, and also when it merely starts with ``from`` and its address cannot be read
+    (an unknown format, a damaged line), since guessing "no" there would trust a post
+    on the strength of a line we could not read.  Local submissions do not count, so a
+    laptop's own MTA lines under its submission leave it trusted: Postfix pickup
+    ``by host (Postfix, from userid 1000)``, sendmail ``(from bob@localhost) by ...``,
+    qmail ``(qmail 1 invoked by uid 1000)`` (none start with ``from``), and Exim's
+    ``from bob by host with local`` (any ``with local...`` protocol).
+    """
+    if parse_received(value) is not None:
+        return True
+    text = _WS.sub(" ", value[:MAX_PARSE_CHARS]).strip()
+    if text[:5].lower() != "from ":
+        return False
+    split = _split_from_clause(text[5:])
+    _by, proto = _by_and_with(split[1] if split is not None else text)
+    return not (proto or "").lower().startswith("local")
+
+
+def _older_from_clause(headers: Sequence[str], start: int) -> int | None:
+    """The index of the first header from ``start`` on that has a ``from`` clause."""
+    return next((i for i in range(start, len(headers)) if has_from_clause(headers[i])), None)
+
+
+def _at_submission(headers: Sequence[str], index: int, server: str, path: list[str],
+                   hops: list[str], submission: Sequence[Network]) -> TrustResult:
+    """The path reached submission server ``server``; ``headers[index]`` is its line.
+
+    Trusted when that line records an authenticated submission (the server checked
+    the author, whatever came before), or when no older header has a ``from`` clause
+    (the client connected straight to it, so it is the MUA).  Otherwise another server
+    handed the post over and nobody authenticated its author: untrusted.
+
+    The submission server's own steps are followed first, since the line below one of
+    them is the server's too: a client on loopback (a content filter re-injecting,
+    amavis, or local webmail over SMTP), another of our submission servers, and qmail's
+    ``(qmail N invoked from network)`` line that sits above qmail-smtpd's.  A line with
+    no client at all (a local submission on the server, or garbage) names no MUA, and
+    is trusted only with nothing older claiming a ``from`` clause either.
+    """
+    first = server
+    while index < len(headers):
+        value = headers[index]
+        if _QMAIL_FROM_NETWORK.match(_WS.sub(" ", value[:64]).strip()):
+            index += 1
+            continue
+        line = parse_received(value)
+        if line is None:
+            older = _older_from_clause(headers, index + 1)
+            if older is None:
+                break
+            return _untrusted(f"Received header {index + 1}, written by submission server "
+                              f"{server}, names no client, and older Received header "
+                              f"{older + 1} shows it came from another server", hops)
+        hops.append(line.ip)
+        proto = f"with {line.protocol}" if line.protocol else "no 'with' protocol"
+        if line.authenticated:
+            path[-1] += f", MUA {line.ip} (authenticated: {proto})"
+            break
+        if _address(line.ip).is_loopback or in_nets(line.ip, submission):
+            if in_nets(line.ip, submission):
+                server = line.ip
+                path.append(f"submission {line.ip}")
+            else:
+                path.append(f"loopback {line.ip}")
+            index += 1
+            continue
+        older = _older_from_clause(headers, index + 1)
+        if older is None:
+            path[-1] += f", MUA {line.ip} ({proto}, no older Received from another server)"
+            break
+        return _untrusted(f"submission server {server} received it from {line.ip} without "
+                          f"authentication ({proto}), and older Received header {older + 1} "
+                          "shows it came from another server", hops)
+    return TrustResult(True, first, "path trusted: " + " -> ".join(path), tuple(hops))
+
+
 def trusted_path(received_values: Sequence[str], client_ip: str | None,
                  submission: Sequence[Network], relays: Sequence[Network]) -> TrustResult:
     """Did this post come from a submission server through known relays only?
@@ -281,8 +371,14 @@ def trusted_path(received_values: Sequence[str], client_ip: str | None,
       untrusted: that hop could have written everything below it.  A hop listed in
       both is taken as a relay (as the original handler did), so list a submission
       server that also relays only under ``submission`` if its clients may be MUAs;
-    * the submission server's client (the MUA, named by the next header when it
-      parses) may be anything; nothing further down is read;
+    * the submission server's own line (the next header) must record an authenticated
+      submission (``with ESMTPA``/``ESMTPSA``/``LMTPA``/``LMTPSA``, RFC 3848, or the
+      RFC 6531 ``UTF8`` forms), or be the oldest header with a ``from`` clause (see
+      :func:`has_from_clause`): then the client it names is the MUA, which may be
+      anything.  An unauthenticated line with an older ``from`` line below it means
+      another server handed the post over and nobody authenticated its author (the
+      write-up's second route): untrusted.  See :func:`_at_submission` for the
+      server's own steps (content filter on loopback, qmail) that are followed first;
     * a client that is neither relay nor submission server: untrusted, whatever the
       headers say, since it wrote them all.  No client IP (a local, unix-socket
       submission): untrusted, "no client IP"; the engine treats such clients as
@@ -294,11 +390,12 @@ def trusted_path(received_values: Sequence[str], client_ip: str | None,
     either a local injection on that relay (``sendmail`` command, Exim ``with local``,
     which is no authenticated submission) or text the relay did not write; both make
     the path untrusted instead of being skipped, because skipping would let the next
-    (possibly forged) header speak for the relay.  Unparsable headers below the
-    submission hop are never read.  Local steps a relay takes through a content filter
-    (amavis re-injecting from ``[127.0.0.1]``) parse fine and need loopback in
-    ``relays``; loopback only ever comes from a header a trusted relay wrote, so it
-    is that relay's own loopback.
+    (possibly forged) header speak for the relay.  Headers older than the submission
+    server's line are only tested for a ``from`` clause, never believed.  Local steps
+    a relay takes through a content filter (amavis re-injecting from ``[127.0.0.1]``)
+    parse fine and need loopback in ``relays``; loopback only ever comes from a header
+    a trusted relay wrote, so it is that relay's own loopback.  (On the submission
+    server, its loopback steps are followed without any configuration.)
 
     The MTA's own header: sendmail hands milters the ``Received:`` line it adds for
     this connection, Postfix does not.  When the topmost header's ``from`` address is
@@ -341,11 +438,7 @@ def trusted_path(received_values: Sequence[str], client_ip: str | None,
             path[-1] = ("client " if previous is None else "submission ") + hop
             if previous is None:
                 path[-1] += " is a submission server"
-            mua = parse_received(headers[index]) if index < len(headers) else None
-            if mua is not None:
-                hops.append(mua.ip)
-                path[-1] += f", MUA {mua.ip}"
-            return TrustResult(True, hop, "path trusted: " + " -> ".join(path), tuple(hops))
+            return _at_submission(headers, index, hop, path, hops, submission)
         if previous is None:
             return _untrusted(f"client {hop} is neither a known relay nor a submission server; "
                               "the Received headers it sent could be forged", hops)

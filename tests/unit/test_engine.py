@@ -438,6 +438,10 @@ def test_trusted_path_accepts_a_nonmember_and_says_so() -> None:
                    FORGED]),                      # unknown server in the middle
     ("203.0.113.9", [FORGED]),                    # client is no relay: headers are its own
     ("192.0.2.1", ["garbage without a from clause", FORGED]),
+    # the submission server took it, without AUTH, from another server (seed 000 route 2)
+    ("192.0.2.1", ["from smtp.x.org (smtp.x.org [198.51.100.5]) by relay.x.org (Postfix)",
+                   "from mx.other.example (mx.other.example [203.0.113.9]) by smtp.x.org"
+                   " (Postfix) with ESMTP", SUBMITTED]),
 ])
 def test_untrusted_paths_get_the_normal_verdict(client: str, received: list[str]) -> None:
     engine, _, _ = make(TRUST)
@@ -463,6 +467,16 @@ def test_internal_only_list_from_a_relay_needs_a_trusted_path() -> None:
     assert str(r.decision.reply) == ("550 5.7.2 dev@lists.test accepts posts from inside "
                                      "lists.test only")
     assert "path not trusted" in r.decision.reasons[0]
+    # the seed's second route: the reason says which hop broke the path
+    _s, r = trusted_post(engine, [hdr, "from mx.other.example (mx.other.example [203.0.113.9])"
+                                       " by smtp.x.org (Postfix) with ESMTP", SUBMITTED],
+                         frm="m@x.org")
+    assert str(r.decision.reply) == ("550 5.7.1 dev@lists.test accepts posts from inside "
+                                     "lists.test only")
+    assert r.decision.reasons[0] == (
+        f"list={LIST} internal-only, path not trusted: untrusted: submission server "
+        "198.51.100.5 received it from 203.0.113.9 without authentication (with ESMTP), and "
+        "older Received header 3 shows it came from another server")
     # a client that is neither relay nor submission server: refused at RCPT already
     _s, d = trusted_post(engine, [hdr], client="203.0.113.9")
     assert d.action == REJECT and "EXTERNAL" in d.reasons[0]

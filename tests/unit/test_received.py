@@ -3,7 +3,9 @@
 The parse samples follow what each MTA really writes (Postfix smtpd, sendmail's
 ``HReceived`` template, Exim's ``$sender_rcvhost``, Exchange/Office 365, Gmail,
 Courier, qmail), folded as a milter receives them.  The trust tests replay the
-three routes of the original TrustedServerModerate write-up, then forgeries.
+three routes of the original TrustedServerModerate write-up (seed 000), the
+authenticated-or-oldest rule for the submission server's own line in each MTA's
+words, then forgeries.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from listgate.received import (
     MAX_PARSE_CHARS,
     ReceivedHop,
+    has_from_clause,
     normalize_ip,
     parse_received,
     trusted_path,
@@ -261,7 +264,8 @@ def test_parse_sample_count() -> None:
 
 
 @pytest.mark.parametrize(("protocol", "auth"), [
-    ("ESMTPSA", True), ("esmtpa", True), ("LMTPA", True), ("UTF8SMTPSA", True),
+    ("ESMTPSA", True), ("esmtpa", True), ("LMTPA", True), ("LmtpSA", True),
+    ("UTF8SMTPSA", True),
     ("ESMTPS", False), ("SMTP", False), ("Microsoft", False), (None, False),
 ])
 def test_authenticated(protocol: str | None, auth: bool) -> None:
@@ -320,6 +324,7 @@ def postfix(ip: str, by: str, proto: str = "ESMTP", helo: str = "helo.example") 
 
 
 SUB_FROM_MUA = postfix(MUA, "sub1.example", "ESMTPSA", helo="[192.168.0.23]")
+SUB_FROM_UNKNOWN = postfix(UNKNOWN, "sub1.example", helo="mx.unknown.example")
 RELAY_FROM_SUB = postfix("192.168.10.1", "relay3.example")
 
 
@@ -330,7 +335,7 @@ def test_route1_trusted() -> None:
     assert r.submission_ip == "192.168.10.1"
     assert r.hops == ("192.168.10.3", "192.168.10.1", MUA)
     assert r.reason == ("path trusted: client 192.168.10.3 relay -> submission 192.168.10.1, "
-                        f"MUA {MUA}")
+                        f"MUA {MUA} (authenticated: with ESMTPSA)")
 
 
 def test_route1_two_relays_and_content_filter() -> None:
@@ -358,15 +363,260 @@ def test_route2_unknown_server_in_submission_position() -> None:
                         "a known relay nor a submission server")
 
 
-def test_route2_literal_unknown_before_submission_server_is_the_mua_side() -> None:
-    """MUA -> unknown -> outgoing .1 -> relay .3.  The seed's code refused this (it wanted
-    no header below the outgoing server's), but the issue's rule lets the submission
-    server's client be anything: what lies below it could be forged either way, so only
-    the submission server's own policy (authenticated mail only) protects this hop."""
+def test_route2_seed_unknown_server_before_submission_server() -> None:
+    """MUA -> unknown -> outgoing .1 -> relay .3, the write-up's second route: the
+    outgoing server took the post from another server without authentication, so
+    nobody checked its author.  The MUA line below claims ESMTPSA: it was written by
+    the unknown server and counts for nothing."""
+    headers = [RELAY_FROM_SUB, SUB_FROM_UNKNOWN, postfix(MUA, "unknown.example", "ESMTPSA")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted and r.submission_ip is None
+    assert r.hops == ("192.168.10.3", "192.168.10.1", UNKNOWN)
+    assert r.reason == (f"untrusted: submission server 192.168.10.1 received it from {UNKNOWN} "
+                        "without authentication (with ESMTP), and older Received header 3 "
+                        "shows it came from another server")
+
+
+def test_route2_but_the_unknown_server_authenticated() -> None:
+    """The same route, but the other server logged in at the outgoing server (a member's
+    own server using it as an authenticated smarthost): the outgoing server vouches
+    for the post, as it would for an MUA, whatever the older lines say."""
     headers = [RELAY_FROM_SUB, postfix(UNKNOWN, "sub1.example", "ESMTPSA"),
                postfix(MUA, "unknown.example")]
     r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
-    assert r.trusted and r.hops == ("192.168.10.3", "192.168.10.1", UNKNOWN)
+    assert r.trusted and r.submission_ip == "192.168.10.1"
+    assert r.hops == ("192.168.10.3", "192.168.10.1", UNKNOWN)
+    assert r.reason == ("path trusted: client 192.168.10.3 relay -> submission 192.168.10.1, "
+                        f"MUA {UNKNOWN} (authenticated: with ESMTPSA)")
+
+
+def test_unauthenticated_mua_connected_directly() -> None:
+    """MUA -> outgoing .1 (which accepts its network without SMTP AUTH) -> relay .3: the
+    submission server's line is the oldest with a from clause, so its client is the
+    MUA itself."""
+    r = trusted_path([RELAY_FROM_SUB, postfix(MUA, "sub1.example")], "192.168.10.3",
+                     SUBMISSION, RELAYS)
+    assert r.trusted and r.submission_ip == "192.168.10.1"
+    assert r.hops == ("192.168.10.3", "192.168.10.1", MUA)
+    assert r.reason == ("path trusted: client 192.168.10.3 relay -> submission 192.168.10.1, "
+                        f"MUA {MUA} (with ESMTP, no older Received from another server)")
+
+
+#: what a laptop's own MTA writes under its submission: no from clause, so fine
+LAPTOP_LOCAL = [
+    f"by laptop.home (Postfix, from userid 1000)\n\tid 4Xk9Zq9; {DATE}",
+    f"(from bob@localhost)\n\tby laptop.home (8.17.1/8.17.1/Submit) id 5AMA0abc; {DATE}",
+    f"(qmail 4321 invoked by uid 1000); {DATE}",
+    f"from bob by laptop.home with local (Exim 4.96)\n\t(envelope-from <bob@laptop.home>)"
+    f"\n\tid 1tEsXq-000ABC-2e; {DATE}",
+    f"from bob by laptop.home with local-esmtp (Exim 4.96) id 1tEsXq-000ABC-2f; {DATE}",
+]
+
+
+@pytest.mark.parametrize("local", LAPTOP_LOCAL)
+def test_laptop_local_lines_below_an_unauthenticated_submission(local: str) -> None:
+    r = trusted_path([RELAY_FROM_SUB, postfix(MUA, "sub1.example"), local, local],
+                     "192.168.10.3", SUBMISSION, RELAYS)
+    assert r.trusted and r.hops == ("192.168.10.3", "192.168.10.1", MUA)
+
+
+@pytest.mark.parametrize("older", [
+    postfix(UNKNOWN, "unknown.example"),
+    "from unknown.example by other.example with SMTP; " + DATE,   # no address at all
+    "from x (y [oops]) by other.example with ESMTP; " + DATE,     # damaged address
+    "from x (y [192.0.2.1] by other.example with ESMTP; " + DATE,  # unbalanced
+    "FROM gw.example (gw.example [192.0.2.1]) BY other.example WITH ESMTP",
+    "(from gw.example [192.0.2.1]) by other.example (8.17.1/8.17.1) id 5AMA; " + DATE,
+])
+def test_any_older_from_clause_counts(older: str) -> None:
+    """An older line that claims another server, even one we cannot read, is taken at
+    its word: failing closed costs a normal verdict, failing open a trusted post."""
+    headers = [RELAY_FROM_SUB, postfix(MUA, "sub1.example"), *LAPTOP_LOCAL, older]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted and r.hops == ("192.168.10.3", "192.168.10.1", MUA)
+    assert r.reason.endswith(f"and older Received header {len(headers)} shows it came from "
+                             "another server")
+
+
+@pytest.mark.parametrize(("value", "claims"), [
+    (postfix(MUA, "sub1.example"), True),
+    ("from unknown.example by other.example with SMTP", True),
+    ("from x (y [192.0.2.1] by mx with SMTP", True),
+    ("(from mail.example.org [192.0.2.1]) by mx.example.net (8.17.1/8.17.1) id 5A", True),
+    ("from bob by host.example with LOCAL (Exim 4.96)", False),
+    *((v, False) for v in LAPTOP_LOCAL),
+    (f"(qmail 1 invoked from network); {DATE}", False),
+    ("garbage [192.0.2.1]", False),
+    ("", False),
+])
+def test_has_from_clause(value: str, claims: bool) -> None:
+    assert has_from_clause(value) is claims
+
+
+def test_client_is_submission_server_that_took_it_from_another_server() -> None:
+    headers = [postfix(UNKNOWN, "sub2.example", "SMTP"), postfix(MUA, "unknown.example")]
+    r = trusted_path(headers, "192.168.10.2", SUBMISSION, RELAYS)
+    assert not r.trusted and r.hops == ("192.168.10.2", UNKNOWN)
+    assert r.reason == (f"untrusted: submission server 192.168.10.2 received it from {UNKNOWN} "
+                        "without authentication (with SMTP), and older Received header 2 shows "
+                        "it came from another server")
+
+
+def test_submission_line_without_protocol() -> None:
+    headers = [RELAY_FROM_SUB, f"from gw (gw.example [{UNKNOWN}]) by sub1.example; {DATE}",
+               postfix(MUA, "gw.example")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted
+    assert f"received it from {UNKNOWN} without authentication (no 'with' protocol)" in r.reason
+
+
+def test_local_submission_on_the_submission_server() -> None:
+    """Injected locally on the outgoing server (its own line names no client): fine for
+    a new message, but older from lines mean it came from another server first."""
+    pickup = f"by sub1.example (Postfix, from userid 33)\n\tid 4Xk9; {DATE}"
+    r = trusted_path([RELAY_FROM_SUB, pickup, *LAPTOP_LOCAL], "192.168.10.3",
+                     SUBMISSION, RELAYS)
+    assert r.trusted and r.hops == ("192.168.10.3", "192.168.10.1")
+    r = trusted_path([RELAY_FROM_SUB, pickup, postfix(MUA, "unknown.example", "ESMTPSA")],
+                     "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted and r.hops == ("192.168.10.3", "192.168.10.1")
+    assert r.reason == ("untrusted: Received header 2, written by submission server "
+                        "192.168.10.1, names no client, and older Received header 3 shows it "
+                        "came from another server")
+
+
+AMAVIS_ON_SUB = [
+    postfix("127.0.0.1", "sub1.example", helo="localhost"),
+    "from sub1.example ([127.0.0.1]) by localhost (sub1.example [127.0.0.1])"
+    f" (amavisd-new, port 10024) with ESMTP id AbCdEf12; {DATE}",
+]
+
+
+def test_content_filter_on_the_submission_server() -> None:
+    """amavis re-injecting on the outgoing server: its loopback lines are the server's
+    own steps, and the line below them (its smtpd's) decides."""
+    headers = [RELAY_FROM_SUB, *AMAVIS_ON_SUB, SUB_FROM_MUA, postfix(UNKNOWN, "x.example")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert r.trusted and r.submission_ip == "192.168.10.1"
+    assert r.hops == ("192.168.10.3", "192.168.10.1", "127.0.0.1", "127.0.0.1", MUA)
+    assert r.reason == ("path trusted: client 192.168.10.3 relay -> submission 192.168.10.1 "
+                        "-> loopback 127.0.0.1 -> loopback 127.0.0.1, "
+                        f"MUA {MUA} (authenticated: with ESMTPSA)")
+    headers = [RELAY_FROM_SUB, *AMAVIS_ON_SUB, SUB_FROM_UNKNOWN, postfix(MUA, "x.example")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted
+    assert r.reason.startswith("untrusted: submission server 192.168.10.1 received it from "
+                               f"{UNKNOWN} without authentication (with ESMTP), and older "
+                               "Received header 5")
+
+
+def test_authenticated_webmail_on_loopback() -> None:
+    """Webmail on the outgoing server logging in over loopback: authenticated there."""
+    headers = [RELAY_FROM_SUB, postfix("::1", "sub1.example", "ESMTPSA", helo="localhost"),
+               postfix(UNKNOWN, "x.example")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert r.trusted and r.hops == ("192.168.10.3", "192.168.10.1", "::1")
+
+
+def test_one_submission_server_relaying_for_another() -> None:
+    """Outgoing .2 hands the post to outgoing .1 without AUTH: .2 is no unknown server,
+    so its own line decides."""
+    headers = [RELAY_FROM_SUB, postfix("192.168.10.2", "sub1.example"),
+               postfix(MUA, "sub2.example", "ESMTPSA"), postfix(UNKNOWN, "x.example")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert r.trusted and r.submission_ip == "192.168.10.1"
+    assert r.hops == ("192.168.10.3", "192.168.10.1", "192.168.10.2", MUA)
+    assert r.reason == ("path trusted: client 192.168.10.3 relay -> submission 192.168.10.1 "
+                        f"-> submission 192.168.10.2, MUA {MUA} (authenticated: with ESMTPSA)")
+    headers[2] = postfix(UNKNOWN, "sub2.example")
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted
+    assert r.reason.startswith(f"untrusted: submission server 192.168.10.2 received it from "
+                               f"{UNKNOWN} without authentication")
+
+
+# the submission server's line in each MTA's words: (authenticated, unauthenticated)
+SUB_LINES = {
+    "sendmail": (
+        f"from laptop.home ([{UNKNOWN}])\n\t(authenticated bits=0)\n\tby sub1.example"
+        f" (8.17.1/8.17.1) with ESMTPSA id 5AMA0abc012349; {DATE}",
+        f"from gw.example (gw.example [{UNKNOWN}])\n\tby sub1.example (8.17.1/8.17.1)"
+        f" with ESMTP id 5AMA0abc012350; {DATE}"),
+    "exim": (
+        f"from gw.example ([{UNKNOWN}]:54321 helo=gw) by sub1.example with esmtpsa"
+        f" (TLS1.3) tls TLS_AES_256_GCM_SHA384 (Exim 4.96) id 1tEsXq-000ABC-2d; {DATE}",
+        f"from [{UNKNOWN}] (helo=gw.example)\n\tby sub1.example with esmtp (Exim 4.96)"
+        f"\n\tid 1tEsXq-000ABC-2b; {DATE}"),
+    "courier": (
+        f"from gw.example (gw.example [::ffff:{UNKNOWN}])\n  (AUTH: LOGIN bob, TLS: TLSv1/"
+        f"SSLv3,256bits,AES256-SHA)\n  by sub1.example with ESMTPA; {DATE}\n  id 0000000A",
+        f"from gw.example (gw.example [::ffff:{UNKNOWN}])\n  by sub1.example with ESMTP;"
+        f" {DATE}\n  id 0000000B"),
+    "qmail": (
+        f"from unknown (HELO gw.example) (bob@{UNKNOWN})\n  by sub1.example with ESMTPA;"
+        " 22 Nov 2026 10:00:00 -0000",
+        f"from unknown (HELO gw.example) ({UNKNOWN})\n  by sub1.example with SMTP;"
+        " 22 Nov 2026 10:00:00 -0000"),
+    "lmtp": (
+        f"from gw.example (gw.example [{UNKNOWN}])\n\tby sub1.example with lmtpsa; {DATE}",
+        f"from gw.example (gw.example [{UNKNOWN}])\n\tby sub1.example with LMTP; {DATE}"),
+}
+QMAIL_QUEUE = "(qmail 12345 invoked from network); 22 Nov 2026 10:00:00 -0000"
+
+
+@pytest.mark.parametrize("mta", sorted(SUB_LINES))
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_submission_server_formats(mta: str, authenticated: bool) -> None:
+    """Each MTA's own submission line, with an older line from another server below."""
+    line = SUB_LINES[mta][0 if authenticated else 1]
+    own = [QMAIL_QUEUE, line] if mta == "qmail" else [line]
+    headers = [RELAY_FROM_SUB, *own, postfix(MUA, "gw.example")]
+    r = trusted_path(headers, "192.168.10.3", SUBMISSION, RELAYS)
+    assert r.hops == ("192.168.10.3", "192.168.10.1", UNKNOWN)
+    assert r.trusted is authenticated
+    if not authenticated:
+        assert r.reason.startswith(f"untrusted: submission server 192.168.10.1 received it "
+                                   f"from {UNKNOWN} without authentication (with ")
+    # the same line with nothing older: the client is the MUA
+    assert trusted_path(headers[:-1], "192.168.10.3", SUBMISSION, RELAYS).trusted
+
+
+def test_exchange_submission_from_another_server() -> None:
+    """Exchange never writes ESMTPA, so only the oldest-line rule can trust its posts:
+    an Exchange submission server fed by an unknown one is untrusted."""
+    headers = [
+        "from EXCH01.corp.example (10.0.0.5) by EXCH02.corp.example (10.0.0.6) with"
+        f" Microsoft SMTP Server (version=TLS1_2) id 15.2.1118.40; {DATE}",
+        f"from gw.partner.example ({UNKNOWN}) by EXCH01.corp.example (10.0.0.5) with"
+        f" Microsoft SMTP Server (version=TLS1_2) id 15.2.1118.40; {DATE}",
+        postfix(MUA, "gw.partner.example"),
+    ]
+    r = trusted_path(headers, "10.0.0.6", nets("10.0.0.5/32"), nets("10.0.0.6/32"))
+    assert not r.trusted and r.hops == ("10.0.0.6", "10.0.0.5", UNKNOWN)
+    assert r.reason == (f"untrusted: submission server 10.0.0.5 received it from {UNKNOWN} "
+                        "without authentication (with Microsoft), and older Received header "
+                        "3 shows it came from another server")
+
+
+def test_ipv6_seed_route2() -> None:
+    headers = [postfix("2001:db8:10::1", "relay3.example"),
+               postfix("2001:db8:99::8", "sub1.example"),
+               postfix("2001:db8:99::7", "unknown.example", "ESMTPSA")]
+    r = trusted_path(headers, "2001:db8:10::3", SUBMISSION, RELAYS)
+    assert not r.trusted and r.hops == ("2001:db8:10::3", "2001:db8:10::1", "2001:db8:99::8")
+    assert r.reason.startswith("untrusted: submission server 2001:db8:10::1 received it from "
+                               "2001:db8:99::8 without authentication (with ESMTP)")
+    # the MUA straight at the submission server over IPv6, without AUTH
+    r = trusted_path(headers[:2], "2001:db8:10::3", SUBMISSION, RELAYS)
+    assert r.trusted and r.hops == ("2001:db8:10::3", "2001:db8:10::1", "2001:db8:99::8")
+
+
+def test_sendmail_own_header_on_top_of_seed_route2() -> None:
+    own = ("from relay3.example (relay3.example [192.168.10.3])\n"
+           f"\tby mailman.example (8.17.1/8.17.1) with ESMTP id 5AMA0abc012345; {DATE}")
+    r = trusted_path([own, RELAY_FROM_SUB, SUB_FROM_UNKNOWN, postfix(MUA, "unknown.example")],
+                     "192.168.10.3", SUBMISSION, RELAYS)
+    assert not r.trusted and "older Received header 4 shows" in r.reason
 
 
 def test_route3_unknown_server_in_the_middle() -> None:
@@ -415,7 +665,8 @@ def test_client_is_submission_server() -> None:
     r = trusted_path([SUB_FROM_MUA], "192.168.10.2", SUBMISSION, RELAYS)
     assert r.trusted and r.submission_ip == "192.168.10.2"
     assert r.hops == ("192.168.10.2", MUA)
-    assert r.reason == f"path trusted: client 192.168.10.2 is a submission server, MUA {MUA}"
+    assert r.reason == ("path trusted: client 192.168.10.2 is a submission server, "
+                        f"MUA {MUA} (authenticated: with ESMTPSA)")
 
 
 def test_client_is_submission_server_without_headers() -> None:
@@ -472,7 +723,9 @@ def test_relay_chain_running_out_of_headers() -> None:
 
 
 @pytest.mark.parametrize("below", ["garbage", "(qmail 1 invoked from network); " + DATE, ""])
-def test_malformed_below_submission_hop_is_not_read(below: str) -> None:
+def test_unparsable_submission_line_with_nothing_older(below: str) -> None:
+    """The submission server's line names no client and nothing older claims another
+    server: no MUA to name, and nothing to distrust."""
     r = trusted_path([RELAY_FROM_SUB, below, "more garbage"], "192.168.10.3",
                      SUBMISSION, RELAYS)
     assert r.trusted and r.hops == ("192.168.10.3", "192.168.10.1")
