@@ -103,7 +103,7 @@ def test_seed_route2_other_server_before_the_submission_server(daemon, mta, smtp
     nonmember post, and the log says which hop broke the path."""
     mark = daemon.log_size()
     r, msg = post(mta, LIST, ROUTE2)
-    assert str(r.data).startswith("550 5.7.1 You are not permitted to post to dev@lists.test")
+    assert str(r.data).startswith("550 5.7.2 You are not permitted to post to dev@lists.test")
     assert not_delivered(smtp_sink, msg)
     log = daemon.log_text(mark)
     assert ROUTE2_REASON in log

@@ -471,7 +471,7 @@ def test_internal_only_list_from_a_relay_needs_a_trusted_path() -> None:
     _s, r = trusted_post(engine, [hdr, "from mx.other.example (mx.other.example [203.0.113.9])"
                                        " by smtp.x.org (Postfix) with ESMTP", SUBMITTED],
                          frm="m@x.org")
-    assert str(r.decision.reply) == ("550 5.7.1 dev@lists.test accepts posts from inside "
+    assert str(r.decision.reply) == ("550 5.7.2 dev@lists.test accepts posts from inside "
                                      "lists.test only")
     assert r.decision.reasons[0] == (
         f"list={LIST} internal-only, path not trusted: untrusted: submission server "
