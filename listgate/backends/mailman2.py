@@ -64,6 +64,7 @@ from typing import Any
 
 from listgate import model
 from listgate.config import Config
+from listgate.mm2compat import ascii_lower
 
 #: ``user_options`` bit of the moderate flag (Mailman 2 ``mm_cfg.Moderate``)
 MODERATE = 128
@@ -206,7 +207,8 @@ def _entries(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
 
 
 def _addresses(d: Mapping[str, Any], key: str) -> Iterable[tuple[str, Any]]:
-    """(lowercased address, value) for a dict keyed by address."""
+    """(lowercased address, value) for a dict keyed by address (lowercased as Python 2
+    lowercases a byte string: A-Z only)."""
     value = d.get(key, {})
     if not isinstance(value, dict):
         raise _BadData(f"{key} is a {type(value).__name__}, not a dict")
@@ -214,7 +216,52 @@ def _addresses(d: Mapping[str, Any], key: str) -> Iterable[tuple[str, Any]]:
         text = _text(k)
         if text is None:
             raise _BadData(f"{key} has a {type(k).__name__} key, not an address")
-        yield text.lower(), v
+        yield ascii_lower(text), v
+
+
+_SHA1_HEX = re.compile(r"[0-9a-f]{40}")
+
+
+def _password(d: Mapping[str, Any], key: str) -> tuple[str | None, bool]:
+    """A stored list password: (``{sha1}HEX`` or None, stored in a pre-2.1 form).
+
+    Mailman 2.1 keeps ``password``, ``mod_password`` and ``post_password`` as SHA-1
+    hex digests; ``SecurityManager.Authenticate`` also takes an administrator
+    password still stored as an MD5 digest or a crypt() hash (and rewrites it as SHA-1
+    when it is used).  None, '' or a missing attribute: no such password."""
+    value = d.get(key)
+    if value is None or value == "":
+        return None, False
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        raise _BadData(f"{key} is a {type(value).__name__}, not a string")
+    if _SHA1_HEX.fullmatch(value):
+        return "{sha1}" + value, False
+    return None, key == "password"
+
+
+def _filter_rules(d: Mapping[str, Any]) -> tuple[model.HeaderFilterRule, ...]:
+    """``header_filter_rules``: a list of (patterns, action, empty) tuples."""
+    value = d.get("header_filter_rules", [])
+    if not isinstance(value, list | tuple):
+        raise _BadData(f"header_filter_rules is a {type(value).__name__}, not a list")
+    out = []
+    for item in value:
+        if not isinstance(item, list | tuple) or len(item) < 2 or \
+                not isinstance(item[1], int) or _text(item[0]) is None:
+            raise _BadData("header_filter_rules holds something other than "
+                           "(patterns, action, empty)")
+        out.append(model.HeaderFilterRule(_text(item[0]) or "", int(item[1])))
+    return tuple(out)
+
+
+def _pipeline(d: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The list's own ``pipeline`` attribute (``IncomingRunner._get_pipeline``), if any."""
+    if "pipeline" not in d:
+        return None
+    names = _entries(d, "pipeline")
+    return None if names == model.MAILMAN2_GLOBAL_PIPELINE else names
 
 
 @dataclass(frozen=True)
@@ -235,14 +282,41 @@ class ListData:
     digest_members: frozenset[str]
     #: addresses whose ``user_options`` have the moderate flag
     moderated: frozenset[str]
+    #: ``{sha1}HEX`` of post_password, mod_password and password (where set)
+    approval_passwords: tuple[str, ...] = ()
+    legacy_admin_password: bool = False
+    header_filter_rules: tuple[model.HeaderFilterRule, ...] = ()
+    bounce_matching_headers: str = ""
+    max_message_size: int = 40
+    max_num_recipients: int = 10
+    require_explicit_destination: bool = True
+    acceptable_aliases: str = ""
+    administrivia: bool = True
+    dmarc_moderation_action: int = 0
+    dmarc_quarantine_moderation_action: bool = True
+    dmarc_moderation_addresses: tuple[str, ...] = ()
+    dmarc_moderation_notice: str = ""
+    member_moderation_notice: str = ""
+    nonmember_rejection_notice: str = ""
+    gateway_to_news: bool = False
+    news_moderation: int = 0
+    pipeline: tuple[str, ...] | None = None
 
     @classmethod
     def from_config(cls, name: str, d: Mapping[str, Any]) -> ListData:
         """The attributes of a loaded config.pck; _BadData if one has the wrong type.
 
         A missing attribute gets Mailman 2.1's default, as Mailman's own
-        ``CheckVersion`` would give it.
+        ``CheckVersion`` would give it -- except ``bounce_matching_headers``, whose
+        default for new lists is a few sample lines: none here.
         """
+        digests = []
+        legacy = False
+        for key in ("post_password", "mod_password", "password"):
+            digest, old = _password(d, key)
+            legacy = legacy or old
+            if digest is not None and digest not in digests:
+                digests.append(digest)
         return cls(
             name=name,
             host_name=_str_attr(d, "host_name").strip().lower().rstrip("."),
@@ -258,21 +332,41 @@ class ListData:
             digest_members=frozenset(a for a, _v in _addresses(d, "digest_members")),
             moderated=frozenset(a for a, v in _addresses(d, "user_options")
                                 if isinstance(v, int) and v & MODERATE),
+            approval_passwords=tuple(digests),
+            legacy_admin_password=legacy,
+            header_filter_rules=_filter_rules(d),
+            bounce_matching_headers=_str_attr(d, "bounce_matching_headers"),
+            max_message_size=_int_attr(d, "max_message_size", 40),
+            max_num_recipients=_int_attr(d, "max_num_recipients", 10),
+            require_explicit_destination=bool(_int_attr(d, "require_explicit_destination", 1)),
+            acceptable_aliases=_str_attr(d, "acceptable_aliases"),
+            administrivia=bool(_int_attr(d, "administrivia", 1)),
+            dmarc_moderation_action=_int_attr(d, "dmarc_moderation_action", 0),
+            dmarc_quarantine_moderation_action=bool(
+                _int_attr(d, "dmarc_quarantine_moderation_action", 1)),
+            dmarc_moderation_addresses=_entries(d, "dmarc_moderation_addresses"),
+            dmarc_moderation_notice=_str_attr(d, "dmarc_moderation_notice"),
+            member_moderation_notice=_str_attr(d, "member_moderation_notice"),
+            nonmember_rejection_notice=_str_attr(d, "nonmember_rejection_notice"),
+            gateway_to_news=bool(_int_attr(d, "gateway_to_news", 0)),
+            news_moderation=_int_attr(d, "news_moderation", 0),
+            pipeline=_pipeline(d),
         )
 
     def is_member(self, address: str) -> bool:
-        """Mailman 2 ``isMember``: in members or digest_members, case-insensitively."""
-        a = address.lower()
+        """Mailman 2 ``isMember``: in members or digest_members, case-insensitively
+        (ASCII: Python 2 lowercases byte strings)."""
+        a = ascii_lower(address)
         return a in self.members or a in self.digest_members
 
     def member_as(self, sender: str) -> str | None:
         """The member address Moderate.py finds for ``sender`` (itself, or through
         ``equivalent_domains``), or None."""
         if self.is_member(sender):
-            return sender.lower()
+            return ascii_lower(sender)
         for variant in check_eq_domains(sender, self.equivalent_domains):
             if self.is_member(variant):
-                return variant.lower()
+                return ascii_lower(variant)
         return None
 
 
@@ -315,6 +409,8 @@ class Mailman2Backend(model.Backend):
     thread rescans the directory at a time."""
 
     name = "mailman2"
+    #: Mailman 2 judges members by ``get_senders()``: raw header values, not decoded
+    senders_as = "mailman2"
     #: seconds between rescans of lists_dir when its mtime did not change
     RESCAN_INTERVAL = 5.0
 
@@ -474,9 +570,9 @@ class Mailman2Backend(model.Backend):
             err = self._broken_for(index, addr)
             raise err if err is not None else _error(self.lists_dir, f"no such list: {addr}")
         data = self._load(name)
-        primary = primary.lower()
+        primary = ascii_lower(primary)
         sender_facts = []
-        for s in dict.fromkeys(a.lower() for a in senders):
+        for s in dict.fromkeys(ascii_lower(a) for a in senders):
             member = data.member_as(s)
             sender_facts.append(model.Mailman2Sender(
                 address=s,
@@ -500,6 +596,7 @@ class Mailman2Backend(model.Backend):
         return model.Mailman2Facts(
             list_address=addr,
             internal_name=data.name,
+            host_name=data.host_name,
             emergency=data.emergency,
             member_moderation_action=data.member_moderation_action,
             generic_nonmember_action=data.generic_nonmember_action,
@@ -510,6 +607,7 @@ class Mailman2Backend(model.Backend):
             senders=tuple(sender_facts),
             primary=primary,
             primary_member_of=frozenset(member_of),
+            **{name: getattr(data, name) for name in _PIPELINE_SETTINGS},
         )
 
     def close(self) -> None:
@@ -517,6 +615,16 @@ class Mailman2Backend(model.Backend):
         with self._lock:
             self._lists.clear()
             self._index = None
+
+
+#: the ListData attributes handed on to Mailman2Facts as they are
+_PIPELINE_SETTINGS = (
+    "approval_passwords", "legacy_admin_password", "header_filter_rules",
+    "bounce_matching_headers", "max_message_size", "max_num_recipients",
+    "require_explicit_destination", "acceptable_aliases", "administrivia",
+    "dmarc_moderation_action", "dmarc_quarantine_moderation_action",
+    "dmarc_moderation_addresses", "dmarc_moderation_notice", "member_moderation_notice",
+    "nonmember_rejection_notice", "gateway_to_news", "news_moderation", "pipeline")
 
 
 def create(cfg: Config) -> Mailman2Backend:
