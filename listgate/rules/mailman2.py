@@ -369,6 +369,8 @@ def approve(inp: Input) -> Any:
         if password is not None:
             where = "first line of the body"
             inp.state[BODY_LINE_REMOVED] = True
+    if not facts.approval_passwords and not facts.legacy_admin_password:
+        return None  # no password is set: Authenticate never succeeds
     rest = inp.rest()
     if not inp.ctx.refuses(rest):
         return rest
@@ -376,8 +378,6 @@ def approve(inp: Input) -> Any:
         raise Unevaluable(f"an Approved: line in the body cannot be looked for: {pending}")
     if not password:
         return None  # Authenticate: "Don't authenticate null passwords"
-    if not facts.approval_passwords and not facts.legacy_admin_password:
-        return None
     try:
         text = password.decode("utf-8")
     except UnicodeDecodeError:
