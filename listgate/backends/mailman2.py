@@ -660,14 +660,244 @@ def _compiles(pattern: str) -> bool:
     return True
 
 
+# -- what the store can say of the pipeline's settings
+
+
+def _scan_regexp(pattern: str) -> tuple[bool, bool]:
+    """(an unescaped ``|`` outside groups and classes, an unescaped ``^`` or ``$`` or a
+    ``(?`` other than ``(?:`` outside classes): what keeps a pattern from being moved
+    from one subject string to another unchanged."""
+    depth, i, in_class = 0, 0, False
+    top_alt = anchors = False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if pattern[i + 1:i + 2] in ("A", "Z", "b", "B"):
+                anchors = True
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":
+                i += 1
+        elif c == "(":
+            if pattern[i + 1:i + 2] == "?" and pattern[i + 2:i + 3] != ":":
+                anchors = True
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            top_alt = True
+        elif c in "^$":
+            anchors = True
+        i += 1
+    return top_alt, anchors
+
+
+_NAMED = re.compile(r"\^((?:[A-Za-z0-9_]|-|\\-)+):(.*)\Z", re.DOTALL)
+
+
+def header_match_of(line: str) -> tuple[str, str] | None:
+    """A ``header_filter_rules`` pattern as a Mailman 3 header match (header, regexp)
+    that matches no more than Mailman 2's, or None where none does.
+
+    Mailman 2 searches ``Name: value`` lines of all the headers; Mailman 3 a regexp in
+    the values of one header.  So only ``^Name:`` + REST translates, REST without a
+    top-level ``|`` or anchors, and REST must start as Mailman 2's text does after the
+    colon, with the one blank before the value: `` X`` (then ``^X``), ``\\s*X``,
+    ``\\s+X`` (``^\\s*X``), ``.*X`` or ``.+X`` (``^.*X``), or nothing (the header is
+    there).  Mailman 2's ``xml_to_unicode`` and NFKC are applied first; a non-ASCII
+    pattern, whose bytes listgate no longer knows, does not translate."""
+    import unicodedata
+
+    from listgate.mm2compat import xml_to_unicode
+
+    if not line.isascii():
+        return None
+    line = unicodedata.normalize("NFKC", xml_to_unicode(line))
+    mo = _NAMED.match(line)
+    if mo is None:
+        return None
+    header, rest = mo.group(1).replace("\\-", "-").lower(), mo.group(2)
+    top_alt, anchors = _scan_regexp(rest)
+    if top_alt or anchors or "\n" in rest or "\\n" in rest:
+        return None
+    if rest == "":
+        pattern = ""
+    elif rest.startswith(" ") and rest[1:2] not in ("*", "+", "?", "{"):
+        pattern = f"^(?:{rest[1:]})"
+    elif rest.startswith(("\\s*", " *")):
+        pattern = f"^(?:{rest})"
+    elif rest.startswith("\\s+"):
+        pattern = f"^(?:\\s*{rest[3:]})"
+    elif rest.startswith((".*", ".+")):
+        pattern = f"^(?:.*{rest[2:]})"
+    else:
+        return None
+    return (header, pattern) if _compiles(pattern) else None
+
+
+_FILTER_ACTIONS = {2: "reject", 3: "discard", 7: "hold"}
+
+
+def export_header_matches(data: ListData, address: str, log: Any) -> list[dict[str, Any]]:
+    """The list's ``header_filter_rules`` as Mailman 3 header matches, in order, each
+    refusing pattern that translates (:func:`header_match_of`).  An accept rule
+    cannot be said (Mailman 3's accept skips moderation too; Mailman 2's only ends the
+    header rules): the patterns after it could refuse what Mailman 2 accepts, so they
+    are dropped with it.  Dropped patterns are warned about: the store then refuses
+    less than Mailman 2, never more."""
+    out: list[dict[str, Any]] = []
+    dropping = False
+    for rule in data.header_filter_rules:
+        if rule.action == 0 or (rule.action != 6 and rule.action not in _FILTER_ACTIONS):
+            continue
+        for line in rule.patterns.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            if rule.action == 6:
+                if not dropping:
+                    log.warning("%s: header_filter_rules accept pattern %r and every "
+                                "pattern after it dropped: the store cannot end the header "
+                                "rules without skipping moderation", address, line)
+                dropping = True
+                continue
+            if dropping:
+                log.warning("%s: header_filter_rules pattern %r dropped (after an accept "
+                            "pattern)", address, line)
+                continue
+            match = header_match_of(line)
+            if match is None:
+                log.warning("%s: header_filter_rules pattern %r dropped: Mailman 3's header "
+                            "matches cannot say it (only ^Header: patterns translate)",
+                            address, line)
+                continue
+            out.append({"header": match[0], "pattern": match[1],
+                        "action": _FILTER_ACTIONS[rule.action]})
+    return out
+
+
+def _dollar_at_local_end(alias: str) -> str | None:
+    """An acceptable_aliases line matched against a whole address the way Mailman 2
+    matches it against the local part: ``$`` becomes "before the @"; None if the line
+    uses other anchors."""
+    out, i, in_class = [], 0, False
+    while i < len(alias):
+        c = alias[i]
+        if c == "\\":
+            if alias[i + 1:i + 2] in ("A", "Z", "b", "B"):
+                return None
+            out.append(alias[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "$":
+            c = "(?=@|\\Z)"
+        elif c == "(" and alias[i + 1:i + 2] == "?" and alias[i + 2:i + 3] != ":":
+            return None
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def export_aliases(data: ListData, address: str, log: Any) -> tuple[list[str], bool]:
+    """(acceptable_aliases, require_explicit_destination) for the store.
+
+    Mailman 2's ``HasExplicitDest`` also takes the list's name as the local part at any
+    domain, and matches each alias line (``re.match``, ignoring case) against the
+    address and, without an ``@``, the local part; the store's Mailman 3 rule takes
+    ``^`` patterns against the address.  A line Python 3 cannot compile (Python 2 may
+    have) or cannot move turns the check off, with a warning: never a hold Mailman 2
+    would not make."""
+    if not data.require_explicit_destination:
+        return [], False
+    out = [f"^{re.escape(data.name.lower())}@"]
+    for alias in data.acceptable_aliases.splitlines():
+        alias = alias.strip()
+        if not alias:
+            continue
+        local = alias if "@" in alias else _dollar_at_local_end(alias)
+        if not _compiles(alias) or local is None or not _compiles(local):
+            log.warning("%s: acceptable_aliases line %r cannot be imported: "
+                        "require_explicit_destination turned off in the store", address,
+                        alias)
+            return [], False
+        out.append(f"^(?:{alias})")
+        if "@" not in alias:
+            out.append(f"^(?:{local})")
+    return list(dict.fromkeys(out)), True
+
+
+_DMARC = {0: "no_mitigation", 1: "munge_from", 2: "wrap_message", 3: "reject", 4: "discard"}
+
+
+def export_pipeline_settings(data: ListData, address: str, log: Any) -> dict[str, Any]:
+    """The store's settings for what Mailman 2's pipeline checks besides moderation,
+    each no stricter than Mailman 2 (what cannot be said is dropped, with a warning)."""
+    item: dict[str, Any] = {"approval_passwords": list(data.approval_passwords)}
+    if data.legacy_admin_password:
+        log.warning("%s: the administrator password is stored in a pre-2.1 form (MD5 or "
+                    "crypt) the store cannot check; Mailman 2 rewrites it as SHA-1 when it "
+                    "is next used -- log in to the list's admin page, then import again",
+                    address)
+    item["header_matches"] = export_header_matches(data, address, log)
+    item["bounce_matching_headers"] = data.bounce_matching_headers
+    item["max_num_recipients"] = max(data.max_num_recipients, 0)
+    if data.max_message_size > 0:
+        log.warning("%s: max_message_size %d KB not imported: Mailman 2 counts the body "
+                    "only, the store (Mailman 3) the whole message", address,
+                    data.max_message_size)
+    item["max_message_size"] = 0
+    if data.administrivia:
+        log.warning("%s: administrivia not imported: Mailman 3's test holds posts Mailman "
+                    "2's does not (the first 10 lines of any length of message)", address)
+    item["administrivia"] = False
+    item["acceptable_aliases"], item["require_explicit_destination"] = export_aliases(
+        data, address, log)
+    item["newsgroup_moderation"] = (
+        "none" if not data.gateway_to_news else
+        {1: "open_moderated", 2: "moderated"}.get(data.news_moderation, "none"))
+    action = _DMARC.get(data.dmarc_moderation_action, "no_mitigation")
+    if action in ("reject", "discard") and not data.dmarc_quarantine_moderation_action:
+        log.warning("%s: dmarc_moderation_action not imported: the list leaves p=quarantine "
+                    "domains alone, which the store cannot", address)
+        action = "no_mitigation"
+    item["dmarc_mitigate_action"] = action
+    entries = []
+    for entry in data.dmarc_moderation_addresses:
+        if entry.startswith("@"):
+            continue  # GetPattern without at_list: never matches
+        if entry.startswith("^") and not _compiles(entry):
+            log.warning("%s: dmarc_moderation_addresses entry %r dropped: not a valid "
+                        "regular expression", address, entry)
+            continue
+        if not entry.startswith("^") and "@" not in entry.strip():
+            continue
+        entries.append(mailman3_entry(entry))
+    item["dmarc_addresses"] = entries
+    item["dmarc_moderation_notice"] = data.dmarc_moderation_notice
+    if data.pipeline is not None:
+        log.warning("%s: the list has a pipeline of its own (%s); the store follows "
+                    "Mailman's standard chain", address, ", ".join(data.pipeline))
+    return item
+
+
 def export(lists_dir: str, cfg: Config | None = None) -> dict[str, Any]:
     """Mailman 2's lists and policies in listgate's export format (``lists import``).
 
     What the Mailman 3 model of the store cannot say is dropped with a warning on
-    the log: ``@name`` references outside accept_these_nonmembers.  Mailman 2 judges
-    nonmembers by From (else Sender) alone, while the store checks every sender as
-    Mailman 3 does: an imported list is a little more permissive for a post whose
-    Reply-To or envelope is on an accept list.
+    the log, so that the store never refuses a post Mailman 2 would accept:
+    ``@name`` references outside accept_these_nonmembers, patterns Python 3 cannot
+    compile, and the pipeline settings :func:`export_pipeline_settings` cannot
+    express.  Mailman 2 judges nonmembers by From (else Sender) alone, while the
+    store checks every sender as Mailman 3 does: an imported list is a little more
+    permissive for a post whose Reply-To or envelope is on an accept list.
     """
     import logging
 
@@ -712,8 +942,10 @@ def export(lists_dir: str, cfg: Config | None = None) -> dict[str, Any]:
                         continue
                     entries.append(f"@{ref}@{hosts[ref]}")
                 elif entry.startswith("^") and not _compiles(entry):
-                    log.warning("%s: %s entry %r dropped: not a valid regular expression "
-                                "(Mailman skips it too)", address, key, entry)
+                    log.warning("%s: %s entry %r dropped: not a valid Python 3 regular "
+                                "expression (Mailman skips a bad one too; if Python 2 took "
+                                "it, correct it in Mailman 2 and import again)", address,
+                                key, entry)
                 else:
                     entries.append(mailman3_entry(entry))
             item[key] = entries
@@ -722,6 +954,11 @@ def export(lists_dir: str, cfg: Config | None = None) -> dict[str, Any]:
             {"address": a, "moderation_action": action if a in data.moderated else None}
             for a in sorted(data.members | data.digest_members)]
         item["nonmembers"] = []
+        item.update(export_pipeline_settings(data, address, log))
         out.append(item)
+    if out:
+        log.warning("the store's Mailman 3 chain also refuses what Mailman 2 lets through: "
+                    "malformed messages (Mailman's LMTP), posts without a valid sender, "
+                    "with the list's address in List-Post, or without a Subject")
     # no "bans": Mailman 2 bans only stop subscriptions, and the store's own stay as they are
     return {"version": 1, "lists": out}
