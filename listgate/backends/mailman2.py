@@ -2,12 +2,22 @@
 
 Mailman 2 keeps a list's whole configuration and roster in
 ``<lists_dir>/<name>/config.pck``, a Python 2 pickle (protocol 1) of a dict of the
-list's attributes.  This backend reads the few it needs -- ``host_name``,
-``members``, ``digest_members``, ``user_options`` (the moderate flag, 128),
-``member_moderation_action``, ``generic_nonmember_action``, ``emergency``,
-``equivalent_domains`` and the four ``*_these_nonmembers`` lists -- and hands
-them, with the post's senders, to :func:`listgate.verdict.mailman2_verdict`
-(Mailman 2.1's ``Handlers/Moderate.py`` and ``Handlers/Emergency.py``).
+list's attributes.  This backend reads what Mailman 2.1.39's posting pipeline reads
+-- ``host_name``, ``members``, ``digest_members``, ``user_options`` (the moderate
+flag, 128), ``member_moderation_action``, ``generic_nonmember_action``,
+``emergency``, ``equivalent_domains``, the four ``*_these_nonmembers`` lists,
+``password``, ``mod_password`` and ``post_password`` (SHA-1 hex digests),
+``header_filter_rules``, ``bounce_matching_headers``, ``max_message_size``,
+``max_num_recipients``, ``require_explicit_destination``, ``acceptable_aliases``,
+``administrivia``, the ``dmarc_*`` settings, ``gateway_to_news`` and
+``news_moderation``, the reject notices, and a ``pipeline`` of the list's own -- and
+hands them, with what the list knows of the post's ``get_senders()``, to
+:data:`listgate.chain.MAILMAN2_PIPELINE` (:mod:`listgate.rules.mailman2`).
+
+The site password (``<var_prefix>/data/adm.pw``) is not read: ``Approve.py`` passes
+only the poster, moderator and administrator contexts to ``Authenticate`` ("We are
+specifically /not/ allowing the site admins password to work here"), so it never
+approves a post.
 
 Safety.  A pickle can name any Python callable, so it is never ``pickle.load``-ed:
 a restricted unpickler resolves exactly one class, ``Mailman.Bouncer._BounceInfo``
@@ -39,15 +49,27 @@ Errors.  A missing, unreadable or corrupt file, or one of the wrong shape, is a
 file cannot be read keeps its posting addresses failing (if its host_name was never
 read, every ``<name>@...`` address fails) rather than letting posts through ungated.
 
-Differences from Mailman 2.1: ``^`` patterns run under Python 3's ``re`` (a few
-Python 2 patterns, such as unknown escapes, are errors there and are skipped, as
-Mailman skips bad ones); for a nonmember post every list named by an ``@name``
-entry is read, where Mailman stops at the first matching entry, so an unreadable
-one is a BackendError even where an earlier entry would have decided; the senders
-are the engine's (Mailman 3's validated addresses), where Mailman 2 takes every
-address it can parse.  The Approved: password, DMARC, size and content checks and
-member_verbosity auto-moderation need the message or Mailman's process state and
-are left to Mailman.
+Differences from Mailman 2.1: ``^`` patterns run under Python 3's ``re`` on the
+bytes, as Python 2 matches byte strings; a pattern Python 3 refuses (Python 2 took
+some, such as unknown escapes) is not judged -- a miss where it could only refuse,
+the post left to Mailman where it could have let it through.  For a nonmember post
+every list named by an ``@name`` entry is read, where Mailman stops at the first
+matching entry, so an unreadable one is a BackendError even where an earlier entry
+would have decided.  Strings are kept as text (UTF-8, else latin-1), so a non-ASCII
+``header_filter_rules`` pattern, which Mailman decodes with the list's charset, is
+not judged either.  Site settings live in ``mm_cfg.py``, Python code listgate does
+not run: ``KNOWN_SPAMMERS`` (it can only discard) is not evaluated, and
+``GLOBAL_PIPELINE``, ``SENDER_HEADERS``, ``USE_ENVELOPE_SENDER``, ``NORMALIZE_FORM``
+and ``DEFAULT_MAIL_COMMANDS_MAX_LINES`` are taken at their defaults.  What depends on
+Mailman's running state is not evaluated: ``member_verbosity_threshold``
+auto-moderation and the content filter (``MimeDel``), which can only refuse more;
+nor Approve's rejection of a post whose HTML part repeats the body's Approved: line
+in a form it cannot remove.  Approve removes that line (re-encoding the part), so
+Hold's administrivia and size checks are not judged on such a post.
+The headers the MTA adds after listgate (Received, Return-Path, Delivered-To) are not
+seen: a header_filter_rules accept pattern that could match them leaves a later
+refusal to Mailman.  The null envelope sender is '' here; Mailman 2 sees the MTA's
+``From MAILER-DAEMON`` line.
 """
 
 from __future__ import annotations
