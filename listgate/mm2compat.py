@@ -218,11 +218,15 @@ def decode_header(header: bytes) -> list[tuple[bytes, str | None]]:
 
 
 def _unicode(frag: bytes, charset: str) -> str:
-    """``unicode(frag, cs, 'replace')``, iso-8859-1 for a charset Python does not know."""
+    """``unicode(frag, cs, 'replace')``, iso-8859-1 for a charset Python does not know.
+    A codec that fails otherwise (idna takes no 'replace') fails Mailman 2 too."""
     try:
         return frag.decode(charset, "replace")
     except LookupError:
         return frag.decode("iso-8859-1", "replace")
+    except (UnicodeError, ValueError, TypeError) as e:
+        raise Unevaluable(f"Mailman 2 fails decoding a header from {charset[:30]!r}: "
+                          f"{e}") from None
 
 
 _FOLD = re.compile(rb"\n\s")

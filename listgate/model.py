@@ -81,7 +81,7 @@ class ListPolicy:
     discard_these_nonmembers: tuple[str, ...] = ()
     #: what an Approved: password is checked against: passlib hashes (``$6$...``, as
     #: Mailman 3 stores ``moderator_password``) or ``{sha1}HEX`` (Mailman 2's digests
-    #: of the moderator, list admin and site passwords); empty = no approval possible
+    #: of the poster, moderator and list admin passwords); empty = no approval possible
     approval_passwords: tuple[str, ...] = ()
     header_matches: tuple[HeaderMatch, ...] = ()
     max_message_size: int = 40  #: KB; 0 = no limit

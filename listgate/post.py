@@ -202,7 +202,14 @@ class Post:
             if not self.body_complete:
                 raise Unevaluable(f"the body was cut at {len(self.body)} octets "
                                   "(max_body_bytes)")
-            self._mm2_message = mm2compat.mm2_message(self.raw_headers, self.body)
+            try:
+                msg = mm2compat.mm2_message(self.raw_headers, self.body)
+                for _part in msg.walk():  # nested too deep for the rules' walks?
+                    pass
+            except Exception as e:  # noqa: BLE001 - Mailman 2 cannot parse it either
+                raise Unevaluable(f"the message cannot be parsed: {type(e).__name__}: "
+                                  f"{str(e)[:80]}") from None
+            self._mm2_message = msg
         return self._mm2_message
 
     def mailman2_walk_items(self) -> list[list[tuple[str, bytes]]]:

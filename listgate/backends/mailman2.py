@@ -677,7 +677,7 @@ def mailman3_entry(entry: str) -> str:
 def _compiles(pattern: str) -> bool:
     try:
         re.compile(pattern, re.IGNORECASE)
-    except re.error:
+    except (re.error, OverflowError, RecursionError):
         return False
     return True
 

@@ -30,6 +30,10 @@ from listgate.rules import Busy, Hit, Input, Pass
 
 MEMBER, NONMEMBER = "member", "nonmember"
 
+#: what compiling a regexp from a list file can raise (a repeat too large, groups
+#: nested too deep are not re.error)
+RE_ERRORS = (re.error, OverflowError, RecursionError)
+
 #: ``Defaults.py`` action codes (header_filter_rules use DEFER, REJECT, DISCARD,
 #: ACCEPT and HOLD)
 DEFER, APPROVE, REJECT, DISCARD, SUBSCRIBE, UNSUBSCRIBE, ACCEPT, HOLD = range(8)
@@ -114,7 +118,7 @@ def get_pattern(sender: str, entries: tuple[str, ...], facts: Mailman2Facts,
             try:
                 if re.search(mm2.to_bytes(entry), raw, re.IGNORECASE):
                     return entry, None
-            except re.error:
+            except RE_ERRORS:
                 unsure = unsure or entry
         elif at_list and entry.startswith("@"):
             name = mm2.ascii_lower(entry[1:]).strip(ws)
@@ -202,7 +206,7 @@ def filter_pattern(line: str) -> re.Pattern[str] | Unevaluable:
     pattern = unicodedata.normalize(NORMALIZE_FORM, mm2.xml_to_unicode(line))
     try:
         return re.compile(pattern, re.IGNORECASE | re.MULTILINE)
-    except re.error as e:
+    except RE_ERRORS as e:
         return Unevaluable(f"header_filter_rules pattern {line[:60]!r} is not a Python 3 "
                            f"regexp ({e})")
 
@@ -558,7 +562,7 @@ def _domatch(pattern: bytes, address: bytes) -> bool:
     pattern is matched as a literal string instead."""
     try:
         return re.match(pattern, address, re.IGNORECASE) is not None
-    except re.error:
+    except RE_ERRORS:
         if re.match(re.escape(pattern), address, re.IGNORECASE):
             return True
         raise _Unsure from None
@@ -622,7 +626,7 @@ def suspicious_header(inp: Input) -> Hit | None:
         header, value = line[:i], line[i + 1:].lstrip(mm2.PY2_WS)
         try:
             cre = re.compile(value, re.IGNORECASE)
-        except re.error:
+        except RE_ERRORS:
             unsure = line
             continue
         for found in mm2.get_all(items, header.decode("latin-1")):

@@ -405,6 +405,21 @@ def test_header_filter_patterns_python3_cannot_judge(lists_dir: Path) -> None:
     assert len(notes) == 2 and "not a Python 3 regexp" in notes[0] and "ASCII" in notes[1]
 
 
+def test_odd_patterns_and_charsets_never_crash(lists_dir: Path) -> None:
+    """Regexps that Python 3 refuses with something other than re.error (a repeat too
+    large), and a header in a charset whose codec takes no 'replace' (Mailman 2's
+    ``unicode(frag, cs, 'replace')`` raises there too): not judged, never a crash."""
+    b = real_list(lists_dir, header_filter_rules=rules(("^Subject: a{99999999999}", DISCARD),
+                                                       ("^Subject: x", DISCARD)),
+                  accept_these_nonmembers=[b"^a{99999999999}"])
+    check(decide(b, post(sender=STRANGER)), "accept", rule="nonmember-moderation",
+          undecided=True)
+    check(decide(b, post(subject="x")), "discard", None, "header-filter-1.0")
+    v = decide(b, post(subject="=?idna?q?x?="))
+    check(v, "accept", None, "member-moderation")
+    assert any("idna" in r for r in v.reasons)
+
+
 def test_header_filter_runs_before_approve(lists_dir: Path) -> None:
     """``GLOBAL_PIPELINE``: SpamDetect comes before Approve, so the list password does
     not save a post from header_filter_rules (``msgdata['approved']`` is set only by
