@@ -15,6 +15,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from listgate import mm2compat
 from listgate.compat32 import header_addresses as header_addresses_decoded
 
 #: Mailman's default ``[mailman] sender_headers``; ``from_`` is the envelope sender.
@@ -93,16 +94,14 @@ def senders(headers: Mapping[str, Sequence[str]], envelope_sender: str,
 def mailman2_sender(headers: Mapping[str, Sequence[str]], envelope_sender: str) -> str:
     """Mailman 2's ``get_sender()``: the ONE address it moderates nonmembers by.
 
-    The first address of the first From header, else of the first Sender header,
-    else the envelope sender; lowercased, not validated (Mailman 2 does not).
-    """
-    for h in ("from", "sender"):
-        values = headers.get(h)
-        if values:
-            found = header_addresses(values[:1])
-            if found:
-                return found[0]
-    return envelope_sender.lower()
+    The first address of the first From header, else of the first Sender header (a
+    header whose first address is empty does not count), else the envelope sender;
+    parsed from the raw value -- Mailman 2 does not decode RFC 2047 here -- and
+    lowercased as Python 2 lowercases bytes (A-Z only), not validated
+    (:func:`listgate.mm2compat.get_sender`)."""
+    items = [(h, mm2compat.py2_value(mm2compat.to_bytes(v)))
+             for h in ("from", "sender") for v in headers.get(h, ())[:1]]
+    return mm2compat.get_sender(items, envelope_sender)
 
 
 def unique(addresses: Iterable[str]) -> tuple[str, ...]:

@@ -9,6 +9,14 @@ sub-chain (the header matches).  :data:`MAILMAN3_CHAIN` is that table, in Mailma
 chain starts; :func:`walk` is that walker.  The rules are the functions of
 :mod:`listgate.rules.mailman3`.
 
+Mailman 2.1 has no chains but a pipeline of handlers (``GLOBAL_PIPELINE``), each of
+which may end the post's run by raising: :data:`MAILMAN2_PIPELINE` lists what each
+handler decides, in pipeline order, as links the same walker runs (the rules of
+:mod:`listgate.rules.mailman2`).  Every Mailman 2 link jumps (Hold's
+``hold_for_approval`` raises at the first hit; nothing is deferred), and one thing
+is added for it: a RETURN link, whose hit ends a detour and lets the chain it came
+from go on (a header_filter_rules accept ends SpamDetect, not the pipeline).
+
 Two things the walker adds, both so that listgate never refuses a post the list would
 accept:
 
@@ -28,13 +36,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from listgate.compat32 import NotRead, Unevaluable, Unseen
-from listgate.model import ListFacts, Mailman2Facts
+from listgate.model import MAILMAN2_GLOBAL_PIPELINE, ListFacts, Mailman2Facts
 from listgate.post import Post
 from listgate.rules import Busy, Context, Hit, Input, Pass
+from listgate.rules import mailman2 as m2
 from listgate.rules import mailman3 as m3
-from listgate.verdict import MEMBER, ListVerdict, mailman2_verdict
+from listgate.verdict import MEMBER, ListVerdict
 
 JUMP, DEFER, DETOUR = "jump", "defer", "detour"
+#: in a detour: a hit ends the sub-chain, and the chain it detoured from goes on
+#: (Mailman 2's header_filter_rules accept action returns from SpamDetect)
+RETURN = "return"
 #: a jump whose terminal chain the hit names (Mailman's ``moderation`` and ``dmarc``
 #: chains jump where ``member_moderation_action`` / ``dmarc_action`` say)
 FROM_HIT = "from-hit"
@@ -116,6 +128,80 @@ MAILMAN3_CHAIN: tuple[Link, ...] = (
 )
 
 
+def header_filter_links(inp: Input) -> list[Link]:
+    """``SpamDetect.process``'s ``header_filter_rules`` loop, one link per pattern in
+    order: a refusing pattern's hit discards, rejects or holds; an accept pattern's
+    hit returns from SpamDetect (RETURN), so a pattern after it is not tried."""
+    entries = m2.filter_entries(inp.facts)
+    out = []
+    for k, (i, j, _line, action) in enumerate(entries):
+        check = m2.header_filter_check(entries, k)
+        name = f"header-filter-{i}.{j}"
+        if action == m2.ACCEPT:
+            out.append(Link(name, check, RETURN, accepts=True))
+        else:
+            out.append(Link(name, check, JUMP, FROM_HIT))
+    return out
+
+
+#: Mailman 2.1.39's handlers, as links: what each one decides, in its own order
+MAILMAN2_HANDLERS: dict[str, tuple[Link, ...]] = {
+    "SpamDetect": (
+        Link("dmarc-moderation", m2.dmarc_moderation, JUMP, FROM_HIT),
+        # KNOWN_SPAMMERS (mm_cfg.py, Python code listgate does not run) only discards
+        Link("header-filter-rules", m3.truth, DETOUR, links=header_filter_links),
+    ),
+    "Approve": (
+        Link("loop", m2.loop, JUMP, "discard"),
+        Link("approve", m2.approve, JUMP, "accept", accepts=True),
+    ),
+    "Replybot": (),  # sends the autoresponse; never refuses
+    "Moderate": (
+        Link("member-moderation", m2.member_moderation, JUMP, FROM_HIT, accepts=True),
+        Link("nonmember-moderation", m2.nonmember_moderation, JUMP, FROM_HIT, accepts=True),
+    ),
+    "Hold": (
+        Link("administrivia", m2.administrivia, JUMP, "hold"),
+        Link("max-recipients", m2.max_recipients, JUMP, "hold"),
+        Link("implicit-dest", m2.implicit_dest, JUMP, "hold"),
+        Link("suspicious-header", m2.suspicious_header, JUMP, "hold"),
+        Link("max-size", m2.max_size, JUMP, "hold"),
+        Link("news-moderation", m2.news_moderation, JUMP, "hold"),
+    ),
+    # MimeDel (content filtering) can discard or reject a post, never let one through
+    "Emergency": (Link("emergency", m2.emergency, JUMP, "hold"),),
+}
+#: the handlers of Mailman 2.1 that decide nothing about a post's fate
+MAILMAN2_QUIET = frozenset({
+    "MimeDel", "Scrubber", "Tagger", "CalcRecips", "AvoidDuplicates", "Cleanse",
+    "CleanseDKIM", "CookHeaders", "Decorate", "ToDigest", "ToArchive", "ToUsenet",
+    "AfterDelivery", "Acknowledge", "WrapMessage", "ToOutgoing", "FileRecips",
+    "OwnerRecips", "SMTPDirect", "Sendmail"})
+
+
+@functools.lru_cache(maxsize=64)
+def mailman2_links(pipeline: tuple[str, ...] = MAILMAN2_GLOBAL_PIPELINE) -> tuple[Link, ...]:
+    """The links of a Mailman 2 pipeline (``IncomingRunner._get_pipeline``: the list's
+    own ``pipeline`` attribute, else ``GLOBAL_PIPELINE``), then the accept that ends
+    a pipeline run to its end.  A handler listgate does not know may do anything:
+    reaching it leaves the post to Mailman."""
+    out: list[Link] = []
+    for handler in pipeline:
+        if handler in MAILMAN2_HANDLERS:
+            out.extend(MAILMAN2_HANDLERS[handler])
+        elif handler not in MAILMAN2_QUIET:
+            out.append(Link(f"handler-{handler}", _crash(
+                f"the list's pipeline runs {handler!r}, a handler listgate does not know"),
+                JUMP, "accept", accepts=True))
+    out.append(Link("truth", m3.truth, JUMP, "accept"))
+    return tuple(out)
+
+
+#: Mailman 2.1.39's ``GLOBAL_PIPELINE`` as links (SpamDetect, Approve, Replybot,
+#: Moderate, Hold, MimeDel, Scrubber, Emergency, then delivery)
+MAILMAN2_PIPELINE: tuple[Link, ...] = mailman2_links()
+
+
 class _Walk:
     """The state of one walk: passes and notes collected on the way."""
 
@@ -153,6 +239,9 @@ class _Walk:
             if link.action == DEFER:
                 inp.hits.append((link.rule, result))
                 continue
+            if link.action == RETURN:
+                self.passes.append((link.rule, result.reason))
+                return None
             if link.action == DETOUR:
                 assert link.links is not None
                 verdict = self.run(list(link.links(inp)), top=False)
@@ -215,6 +304,12 @@ def needs_body(facts: Any, holds_refuse: bool) -> bool:
                 m3.site_header_checks(facts.site.header_checks):
             return True
         return holds_refuse and bool(p.administrivia or p.max_message_size)
+    if isinstance(facts, Mailman2Facts):
+        # the password line (every list has an administrator password), the headers of
+        # MIME parts (header_filter_rules), the content holds
+        if facts.approval_passwords or facts.legacy_admin_password or m2.filter_entries(facts):
+            return True
+        return holds_refuse and bool(facts.administrivia or facts.max_message_size)
     return False
 
 
@@ -231,7 +326,10 @@ def list_verdict(facts: Any, post: Post | None = None, ctx: Context | None = Non
             post = _bare_post(facts)
         return walk(MAILMAN3_CHAIN, post, facts, ctx)
     if isinstance(facts, Mailman2Facts):
-        return mailman2_verdict(facts)
+        if post is None:
+            post = _bare_mailman2_post(facts)
+        links = MAILMAN2_PIPELINE if facts.pipeline is None else mailman2_links(facts.pipeline)
+        return walk(links, post, facts, ctx)
     raise TypeError(f"no verdict rules for {type(facts).__name__}")
 
 
@@ -243,3 +341,12 @@ def _bare_post(facts: ListFacts) -> Post:
     headers += [("To", facts.policy.address), ("Subject", "post")]
     return Post(headers, "", b"", 0)
 
+
+
+def _bare_mailman2_post(facts: Mailman2Facts) -> Post:
+    """The same for Mailman 2: From the primary sender, to the list."""
+    sender = facts.primary or next((s.address for s in facts.senders), "")
+    headers = [("From", sender)] if sender else []
+    headers += [("Reply-To", s.address) for s in facts.senders if s.address != sender]
+    headers += [("To", facts.list_address), ("Subject", "post")]
+    return Post(headers, "", b"", 0)

@@ -251,6 +251,9 @@ class Engine:
         self.cfg = cfg
         self.log = log or logging.getLogger("listgate")
         self.backend = backend
+        #: whose idea of "the senders" the backend's lists follow: Mailman 3's
+        #: (``msg.senders``: decoded, validated) or Mailman 2's (``get_senders()``: raw)
+        self.senders_as = getattr(backend, "senders_as", "mailman3")
         self.lookups = ListLookups(backend, cfg.lists.cache_ttl, cfg.lists.negative_cache_ttl,
                                    cfg.lists.cache_size)
         self.spf = spf
@@ -819,7 +822,8 @@ class Session:
     def _one_list(self, list_address: str, post: Post
                   ) -> tuple[Decision, str, ListVerdict | None]:
         try:
-            senders = post.unique_senders()
+            senders = (post.mailman2_senders() if self.engine.senders_as == "mailman2"
+                       else post.unique_senders())
             return self._list_answer(list_address, post, senders)
         except Unevaluable as e:
             # Mailman's incoming runner fails on this post before any rule: the post goes

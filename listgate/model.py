@@ -81,7 +81,7 @@ class ListPolicy:
     discard_these_nonmembers: tuple[str, ...] = ()
     #: what an Approved: password is checked against: passlib hashes (``$6$...``, as
     #: Mailman 3 stores ``moderator_password``) or ``{sha1}HEX`` (Mailman 2's digests
-    #: of the moderator, list admin and site passwords); empty = no approval possible
+    #: of the poster, moderator and list admin passwords); empty = no approval possible
     approval_passwords: tuple[str, ...] = ()
     header_matches: tuple[HeaderMatch, ...] = ()
     max_message_size: int = 40  #: KB; 0 = no limit
@@ -169,6 +169,9 @@ class Backend(abc.ABC):
     #: True if the backend caches its own answers (the engine then does not, so a
     #: change is seen within one TTL, not two)
     caches_itself: bool = False
+    #: the senders ``list_facts`` is asked about: Mailman 3's ``msg.senders``
+    #: ("mailman3") or Mailman 2's ``msg.get_senders()`` ("mailman2")
+    senders_as: str = "mailman3"
 
     @abc.abstractmethod
     def find_list(self, address: str) -> str | None:
@@ -182,8 +185,10 @@ class Backend(abc.ABC):
         ``max_age``: a backend that caches its own answers uses none older than this
         many seconds (the engine asks so before it refuses a post).
 
-        ``senders`` are Mailman 3's (From, envelope, Reply-To, Sender; valid, lowercased,
-        unique); ``primary`` is Mailman 2's single ``get_sender()`` address.  Mailman 3
+        ``senders`` are Mailman 3's (From, envelope, Reply-To, Sender; decoded, valid,
+        lowercased, unique), or Mailman 2's raw ``get_senders()`` for a backend whose
+        :attr:`senders_as` says so; ``primary`` is Mailman 2's single ``get_sender()``
+        address.  Mailman 3
         style backends return :class:`ListFacts`; another list manager's backend may
         return its own facts type, which ``verdict.list_verdict`` dispatches on.
         """
@@ -214,17 +219,40 @@ class Mailman2Sender:
     moderated: bool = False
 
 
+#: Mailman 2.1's ``GLOBAL_PIPELINE`` (``Defaults.py``), the handlers a list post goes
+#: through unless the list has a ``pipeline`` attribute of its own
+MAILMAN2_GLOBAL_PIPELINE = (
+    "SpamDetect", "Approve", "Replybot", "Moderate", "Hold", "MimeDel", "Scrubber",
+    "Emergency", "Tagger", "CalcRecips", "AvoidDuplicates", "Cleanse", "CleanseDKIM",
+    "CookHeaders", "ToDigest", "ToArchive", "ToUsenet", "AfterDelivery", "Acknowledge",
+    "WrapMessage", "ToOutgoing")
+
+
+@dataclass(frozen=True)
+class HeaderFilterRule:
+    """One of a Mailman 2.1 list's ``header_filter_rules``: regexps, one a line (``#``
+    lines are comments), and the action code (``mm_cfg``: 0 defer, 2 reject, 3 discard,
+    6 accept, 7 hold)."""
+
+    patterns: str
+    action: int
+
+
 @dataclass(frozen=True)
 class Mailman2Facts:
-    """What a Mailman 2.1 list's ``config.pck`` says about a post's senders.
+    """What a Mailman 2.1 list's ``config.pck`` says about a post's senders, plus every
+    list setting the pipeline (:data:`listgate.chain.MAILMAN2_PIPELINE`) reads.
 
     Mailman 2 decides members by every sender (``get_senders()``, in ``senders``)
     but nonmembers by ONE address, ``primary`` (``get_sender()``), so both are kept.
-    The integer actions are Mailman 2's own codes (see :func:`verdict.mailman2_verdict`).
+    The integer settings are Mailman 2's own codes; the defaults are Mailman 2.1's
+    (``Defaults.py``), except where noted.
     """
 
     list_address: str  #: the posting address the post was sent to, lowercased
     internal_name: str  #: Mailman 2's list name (the directory under ``lists/``)
+    #: the list's ``host_name`` (``GetListEmail()`` is ``internal_name@host_name``)
+    host_name: str = ""
     emergency: bool = False
     #: for moderated members: 0 hold, 1 reject, 2 discard
     member_moderation_action: int = 0
@@ -244,3 +272,36 @@ class Mailman2Facts:
     #: with require_authenticated_sender: False if the MTA did not verify ``primary``
     #: (then no accept_these_nonmembers entry accepts it)
     primary_authenticated: bool = True
+    #: what an Approved: password is checked against, as ``{sha1}HEX``: the list
+    #: poster, moderator and administrator passwords (``post_password``,
+    #: ``mod_password``, ``password``), which ``Approve.py`` accepts; never the site
+    #: password, which it deliberately does not
+    approval_passwords: tuple[str, ...] = ()
+    #: the administrator password is stored in a pre-2.1 form (an MD5 digest or a
+    #: crypt() hash) that ``SecurityManager.Authenticate`` still accepts
+    legacy_admin_password: bool = False
+    header_filter_rules: tuple[HeaderFilterRule, ...] = ()
+    #: ``Header: regexp`` lines (Hold's suspicious headers); '' when the file has none
+    #: (Mailman's default for new lists is a few sample lines)
+    bounce_matching_headers: str = ""
+    max_message_size: int = 40  #: KB of body; 0 = no limit
+    max_num_recipients: int = 10  #: To + Cc addresses; 0 = no limit
+    require_explicit_destination: bool = True
+    #: regexps, one a line, that count as the list's address (``HasExplicitDest``)
+    acceptable_aliases: str = ""
+    administrivia: bool = True
+    #: 0 accept, 1 munge From, 2 wrap, 3 reject, 4 discard
+    dmarc_moderation_action: int = 0
+    #: apply dmarc_moderation_action to p=quarantine domains as well as p=reject
+    dmarc_quarantine_moderation_action: bool = True
+    #: addresses and ``^regexps`` treated as from a DMARC reject domain (in
+    #: 2.1.39; not yet in 2.1.26)
+    dmarc_moderation_addresses: tuple[str, ...] = ()
+    dmarc_moderation_notice: str = ""
+    member_moderation_notice: str = ""
+    nonmember_rejection_notice: str = ""
+    gateway_to_news: bool = False
+    #: 0 none, 1 open list, moderated newsgroup, 2 moderated
+    news_moderation: int = 0
+    #: the list's own ``pipeline`` attribute; None = the global pipeline
+    pipeline: tuple[str, ...] | None = None

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from email.header import Header
 from typing import Any
 
-from listgate import addresses
+from listgate import addresses, mm2compat
 from listgate.compat32 import NotRead, Unevaluable, header_block, mailman_value
 
 #: Mailman 3's default ``[mailman] sender_headers``; ``from_`` is the envelope sender
@@ -60,6 +60,7 @@ class Post:
         self.headers_complete = headers_complete
         self._by_name: dict[str, list[str | Header]] | None = None
         self._message: email.message.Message | None = None
+        self._mm2_message: email.message.Message | None = None
 
     # -- headers ------------------------------------------------------------------------
 
@@ -172,3 +173,51 @@ class Post:
             out.extend(part.get_all(name, []))
         return out
 
+
+    # -- Mailman 2.1's view: Python 2 byte strings (listgate.mm2compat) -------------------
+
+    @functools.cached_property
+    def mailman2_items(self) -> list[tuple[str, bytes]]:
+        """The top-level headers as Mailman 2's ``msg.items()`` holds them: raw bytes,
+        never decoded, folds kept as LF."""
+        return mm2compat.header_items(self.raw_headers)
+
+    def mailman2_senders(self) -> tuple[str, ...]:
+        """Mailman 2's ``msg.get_senders()`` (From, envelope, Reply-To, Sender; raw,
+        not RFC 2047 decoded, ASCII-lowercased), without repeats."""
+        return addresses.unique(mm2compat.get_senders(self.mailman2_items,
+                                                      self.envelope_sender))
+
+    def mailman2_sender(self) -> str:
+        """Mailman 2's ``msg.get_sender()``: the one address nonmembers are judged by."""
+        return mm2compat.get_sender(self.mailman2_items, self.envelope_sender)
+
+    @property
+    def mailman2_message(self) -> email.message.Message:
+        """The message as Mailman 2 parses what the MTA pipes to it (LF line ends).
+        Raises like :attr:`message` without the whole body."""
+        if self._mm2_message is None:
+            if self.body is None:
+                raise NotRead("the body was not read")
+            if not self.body_complete:
+                raise Unevaluable(f"the body was cut at {len(self.body)} octets "
+                                  "(max_body_bytes)")
+            try:
+                msg = mm2compat.mm2_message(self.raw_headers, self.body)
+                for _part in msg.walk():  # nested too deep for the rules' walks?
+                    pass
+            except Exception as e:  # noqa: BLE001 - Mailman 2 cannot parse it either
+                raise Unevaluable(f"the message cannot be parsed: {type(e).__name__}: "
+                                  f"{str(e)[:80]}") from None
+            self._mm2_message = msg
+        return self._mm2_message
+
+    def mailman2_walk_items(self) -> list[list[tuple[str, bytes]]]:
+        """The headers of every part, as ``for p in msg.walk(): p.items()`` gives them
+        to Mailman 2 (the top level first).  Reads the body only when the message can
+        have parts."""
+        out = [self.mailman2_items]
+        if self.may_have_parts():
+            parts = list(self.mailman2_message.walk())
+            out.extend(mm2compat.part_items(p) for p in parts[1:])
+        return out

@@ -83,6 +83,10 @@ class Input:
     hits: list[tuple[str, Hit]] = field(default_factory=list)
     #: the verdict of the links after the current one (set by the walker)
     rest: Callable[[], Any] = field(default=lambda: None)
+    #: what one rule leaves for the rules after it, as the list manager's handlers
+    #: change the message or its metadata (Mailman 2's Approve strips the body's
+    #: ``Approved:`` line) or compute something once per post
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def policy(self) -> Any:

@@ -147,6 +147,13 @@ def test_example_config_documents_every_key_with_its_default() -> None:
     ({"from": [""], "sender": ["S@x.org"]}, "e@x.org", "s@x.org"),
     ({"reply-to": ["r@x.org"]}, "E@x.org", "e@x.org"),
     ({}, "", ""),
+    # Message.get_sender: the first address of From is empty -> Sender, not From's second
+    ({"from": ["undisclosed-recipients:;, b@x.org"], "sender": ["S@x.org"]}, "e@x.org",
+     "s@x.org"),
+    # never RFC 2047 decoded; lowercased as Python 2 lowercases bytes (A-Z only)
+    ({"from": ["=?utf-8?q?a=40x.org?= <C@X.ORG>"]}, "", "c@x.org"),
+    ({"from": ["ÄBC@X.ORG"]}, "", "Äbc@x.org"),
 ])
 def test_mailman2_primary_sender(headers: dict, envelope: str, primary: str) -> None:
+    """Mailman 2.1.39 ``Message.get_sender()`` (USE_ENVELOPE_SENDER = No)."""
     assert addresses.mailman2_sender(headers, envelope) == primary

@@ -25,7 +25,7 @@ from listgate.backends import mailman2, open_backend
 from listgate.backends.mailman2 import Mailman2Backend, load_config
 from listgate.chain import list_verdict
 from listgate.model import BackendError, Mailman2Facts, Mailman2Sender
-from listgate.verdict import MEMBER, NONMEMBER, mailman2_verdict
+from listgate.verdict import MEMBER, NONMEMBER
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mailman2"
 HOST = "lists.test"
@@ -369,7 +369,7 @@ def test_own_and_unknown_lists_are_ignored(lists_dir: Path, entry: str) -> None:
 def test_verdict_ignores_own_list_even_if_told_otherwise() -> None:
     facts = Mailman2Facts(DEV, "dev", accept_these_nonmembers=("@dev",),
                           primary="a@z.org", primary_member_of=frozenset({"dev"}))
-    check(mailman2_verdict(facts), "hold", NONMEMBER, "nonmember-moderation")
+    check(list_verdict(facts), "hold", NONMEMBER, "nonmember-moderation")
 
 
 @pytest.mark.parametrize(("code", "action", "kind"), [
