@@ -111,6 +111,10 @@ class DmarcAnswer:
 
     status: str  #: :data:`MITIGATE`, :data:`NO` or :data:`UNKNOWN`
     reason: str  #: for the log: which name, which record, p= or sp=
+    #: for MITIGATE from DNS: "reject" when every record Mailman could read says
+    #: reject, else "quarantine" (Mailman 2 may treat quarantine differently);
+    #: "" for a dmarc_addresses match
+    policy: str = ""
 
     @property
     def mitigate(self) -> bool:
@@ -375,13 +379,18 @@ class DmarcChecker:
         self.cache.clear()
 
 
+#: the policy each mitigating outcome's reason names (``_outcome``: "p=reject in ...")
+_POLICY_IN_REASON = re.compile(r"\bs?p=(reject|quarantine) in ")
+
+
 def _verdict(finals: set[tuple[str | bool, str]]) -> DmarcAnswer:
     values = {v for v, _why in finals}
     reasons = "; or ".join(sorted(why for _v, why in finals))
     if _ERROR in values:
         return DmarcAnswer(UNKNOWN, reasons)
     if values == {True}:
-        return DmarcAnswer(MITIGATE, reasons)
+        found = set(_POLICY_IN_REASON.findall(reasons))
+        return DmarcAnswer(MITIGATE, reasons, "reject" if found == {"reject"} else "quarantine")
     if values == {False}:
         return DmarcAnswer(NO, reasons)
     return DmarcAnswer(UNKNOWN, "Mailman reads whichever TXT record its resolver lists "
