@@ -227,6 +227,13 @@ class _Walk:
                 result = None
             except Busy as e:
                 return ListVerdict("tempfail", rule=link.rule, reasons=(str(e),))
+            except Exception as e:  # noqa: BLE001 - what Mailman would crash on (a regexp
+                # Python cannot run, say) must not take the post down: as if unevaluable
+                why = f"{type(e).__name__}: {e}"
+                if link.accepts:
+                    return self._undecided(link, why)
+                self.notes.append(f"{link.rule} not evaluated: {why}")
+                result = None
             if isinstance(result, ListVerdict):
                 return result
             if isinstance(result, Pass):

@@ -346,3 +346,12 @@ def test_body_is_needed_only_where_it_can_change_the_answer():
     # content holds read the body only if a member's hold is refused
     assert needs_body(facts(), holds_refuse=True)
     assert not needs_body(facts(administrivia=False, max_message_size=0), holds_refuse=True)
+
+
+def test_a_rule_that_raises_anything_is_unevaluable_never_an_internal_error():
+    # a pattern Python cannot even compile without an OverflowError, on an accepting
+    # rule: the post goes to the list manager
+    rule = HeaderMatch("x-a", "a{99999999999}", "accept")
+    v = verdict(facts(N, header_matches=(rule,)), post(("X-A", "a")))
+    assert (v.action, v.undecided) == ("accept", True)
+    assert "OverflowError" in v.reasons[0]
