@@ -21,6 +21,27 @@ in ``GET /3.1/lists/{id}/held``, an accepted post in the SMTP sink (when the lis
 members). ``create_list`` subscribes :data:`PROBE_MEMBER` by default so that every
 accepted post produces outgoing mail.
 
+Beyond the four chains, :meth:`Mailman3.outcome` also answers ``lmtp-NNN`` (the
+LMTP runner refused the post, e.g. ``lmtp-501`` for ``msg.defects``; ``post(...,
+check=False)`` returns instead of raising :class:`LmtpRefused`),
+``autorespond-discard`` (``autorespond_postings = respond_and_discard``) and
+``shunt`` (a runner raised on the post: :meth:`Mailman3.shunted` has the exception
+and traceback). It never waits longer than its *timeout*.
+
+Configuration: :meth:`Mailman3.configure` / :meth:`Mailman3.config` (any REST list
+attribute, e.g. ``moderator_password``, returned as its sha512_crypt hash),
+:meth:`Mailman3.add_header_match` / :meth:`header_matches` /
+:meth:`clear_header_matches`, the site's ``[antispam]`` via ``Mailman3(header_checks=
+[...], jump_chain=...)`` (:meth:`Mailman3.antispam` reads it back), and
+:meth:`Mailman3.shell` for what REST cannot set (``bounce_matching_headers``, a
+header match with an invalid regexp).
+
+DNS: Mailman's DMARC rule queries ``_dmarc.<From domain>`` whenever a list mitigates
+DMARC. The master and the runners start through wrappers in the instance's ``bin/``
+(``[paths.here] bin_dir``) that load ``listgate_mm3_shim``: the queries go to
+``Mailman3(dmarc_dns=(host, port))`` or, by default, answer NXDOMAIN without a packet
+leaving the process; the public suffix list is the copy Mailman ships.
+
 No pytest dependency (``mm3_fixtures.py`` wraps this in fixtures). The runners poll
 their queues every :attr:`Mailman3.sleep_time` (0.1 s instead of Mailman's 1 s), and
 only the runners needed for posting are started (see :data:`DEFAULT_RUNNERS`): start

@@ -80,6 +80,7 @@ SITE_CHECKS = [
     "X-Site-Spam: ^yes",
     "X-Site-Bad: [unclosed",  # an invalid regexp
     "X-Site-Folded: ^a b$",
+    "a line without a colon",  # logged as bogus, skipped
 ]
 
 _ids = itertools.count(1)
@@ -262,6 +263,20 @@ CORPUS: list[Case] = [
       "with the line -> accept", OPEN,
       multipart("mixed", ("application/octet-stream", "xx\r\n"),
                 ("text/plain", APPROVED_BODY), frm=STRANGER), "accept", envelope=STRANGER),
+    C("approved: single-part text/html body with the line -> hold (no text/plain)", OPEN,
+      msg(frm=STRANGER, ctype="text/html", body=APPROVED_BODY), "hold", NM,
+      envelope=STRANGER),
+    C("approved: no Content-Type at all -> accept (defaults to text/plain)", OPEN,
+      msg(frm=STRANGER, body=APPROVED_BODY), "accept", envelope=STRANGER),
+    C("approved: the text/plain part is an attachment (Content-Disposition) -> accept",
+      OPEN, multipart("mixed", ("text/plain; name=a.txt\r\nContent-Disposition: "
+                                "attachment; filename=a.txt", APPROVED_BODY),
+                      frm=STRANGER), "accept", envelope=STRANGER),
+    C("approved: first text/plain is inside an attached message/rfc822 -> accept "
+      "(the walk descends into it)", OPEN,
+      multipart("mixed", ("text/html", "<p>hi</p>\r\n"),
+                ("message/rfc822", "Subject: inner\r\n\r\n" + APPROVED_BODY),
+                frm=STRANGER), "accept", envelope=STRANGER),
     C("approved: base64 text/plain body -> accept (decoded)", OPEN,
       msg(frm=STRANGER, ctype="text/plain; charset=utf-8", cte="base64",
           body=b64(APPROVED_BODY)), "accept", envelope=STRANGER),
@@ -447,6 +462,14 @@ CORPUS: list[Case] = [
     C("header-match: RFC 2047 in an unknown charset in a matched header -> shunt "
       "(make_header raises)", HM, msg(("X-HM-Hold", "=?x-no-such?q?yes?=")), "shunt",
       "unknown encoding"),
+    C("header-match: raw 8-bit bytes in a matched header -> hold (decoded as "
+      "unknown-8bit, still searched)", HM, msg(("X-HM-Hold", b"yes \xe9\xff")), "hold",
+      "matched a header rule"),
+    C("header-match: rule on Approved never sees it on a list with a moderator password "
+      "(the approved rule deleted the headers) -> accept", HM, msg(("Approved", "wrong")),
+      "accept"),
+    C("header-match: the same Approved rule on a list without password -> hold", NOPW,
+      msg(("Approved", "wrong")), "hold", "matched a header rule"),
     C("header-match: malformed encoded word in a header no rule looks at -> accept", HM,
       msg(("X-Unrelated", "=?utf-8?b?Y?=")), "accept"),
     # site checks (SITE_CHECKS) come first and win over list rules
@@ -687,6 +710,8 @@ CORPUS: list[Case] = [
       envelope=STRANGER),
     C("dmarc: encoded display name + listed address -> reject", DMREJ,
       msg(frm=f"{ew('Dämon')} <dm@lab.test>"), "reject", envelope="dm@lab.test"),
+    C("dmarc: raw 8-bit display name + listed address -> reject", DMREJ,
+      msg(frm=b"D\xe4mon <dm@lab.test>"), "reject", envelope="dm@lab.test"),
     C("dmarc: listed address, banned too -> reject (dmarc first)", DMREJ,
       msg(frm="dm@lab.test"), "reject", envelope=TROLL),
     C("dmarc: munge_from action, listed address -> accept (rule misses, munged later)",
@@ -876,8 +901,10 @@ def _setup_lists(mm: Mailman3) -> None:
         ("X-HM-Order", "first", "discard"),
         ("X-HM-Order", "(first|second)", "accept"),
         ("From", "spammy", "hold"),
+        ("Approved", "wrong", "hold"),
     ):
         mm.add_header_match(HM, header, pattern, action)
+    mm.add_header_match(NOPW, "Approved", "wrong", "hold")
     mm.add_header_match(EMERG, "X-Em-Accept", "yes", "accept")
     mm.add_header_match(HMDEFER, "X-Defer", "yes", "defer")
     # REST refuses invalid regexps; Mailman's own API does not.
@@ -964,3 +991,13 @@ def test_lmtp_defects(lab):
 
 def test_max_size_counts_lmtp_bytes(lab):
     _run(lab, SIZE_CORPUS, "max-size")
+
+
+def test_config_errors_are_logged_not_fatal(lab):
+    """A bad site header check line and an invalid regexp are logged (mailman.log,
+    once per post that reaches them) and otherwise ignored."""
+    log = lab.log_path().read_text("utf-8", "replace")
+    assert ("Configuration error: [antispam]header_checks contains bogus line: "
+            "a line without a colon") in log
+    assert "Invalid regexp '[unclosed' in header_matches for open.lab.test" in log
+    assert "Invalid regexp '[unclosed' in header_matches for hmbad.lab.test" in log
