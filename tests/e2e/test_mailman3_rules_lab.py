@@ -556,6 +556,18 @@ CORPUS: list[Case] = [
     C("administrivia: command in base64 text/plain -> hold (decoded)", OPEN,
       msg(ctype="text/plain; charset=utf-8", cte="base64", body=b64("lists\r\n")), "hold",
       "administrivia"),
+    C("administrivia: member post whose text/plain has an unknown charset -> shunt "
+      "(LookupError; approved catches it, administrivia does not)", OPEN,
+      msg(ctype="text/plain; charset=x-no-such-charset"), "shunt", "LookupError"),
+    C("administrivia: unknown charset, administrivia off -> accept", NOADMIN,
+      msg(ctype="text/plain; charset=x-no-such-charset"), "accept"),
+    C("administrivia: unknown charset, nonmember -> hold (nonmember jumps first)", OPEN,
+      msg(ctype="text/plain; charset=x-no-such-charset", frm=STRANGER), "hold", NM,
+      envelope=STRANGER),
+    C("administrivia: command as first text/plain inside an attached message/rfc822 -> "
+      "hold", OPEN, multipart("mixed", ("text/html", "<p>hi</p>\r\n"),
+                              ("message/rfc822", "Subject: in\r\n\r\nhelp\r\n")),
+      "hold", "administrivia"),
     C("administrivia: list with administrivia off, Subject 'help' -> accept", NOADMIN,
       msg(subject="help"), "accept"),
     C("administrivia: folded whitespace-only Subject -> shunt (value 'CRLF SP' is not "
