@@ -21,6 +21,27 @@ in ``GET /3.1/lists/{id}/held``, an accepted post in the SMTP sink (when the lis
 members). ``create_list`` subscribes :data:`PROBE_MEMBER` by default so that every
 accepted post produces outgoing mail.
 
+Beyond the four chains, :meth:`Mailman3.outcome` also answers ``lmtp-NNN`` (the
+LMTP runner refused the post, e.g. ``lmtp-501`` for ``msg.defects``; ``post(...,
+check=False)`` returns instead of raising :class:`LmtpRefused`),
+``autorespond-discard`` (``autorespond_postings = respond_and_discard``) and
+``shunt`` (a runner raised on the post: :meth:`Mailman3.shunted` has the exception
+and traceback). It never waits longer than its *timeout*.
+
+Configuration: :meth:`Mailman3.configure` / :meth:`Mailman3.config` (any REST list
+attribute, e.g. ``moderator_password``, returned as its sha512_crypt hash),
+:meth:`Mailman3.add_header_match` / :meth:`header_matches` /
+:meth:`clear_header_matches`, the site's ``[antispam]`` via ``Mailman3(header_checks=
+[...], jump_chain=...)`` (:meth:`Mailman3.antispam` reads it back), and
+:meth:`Mailman3.shell` for what REST cannot set (``bounce_matching_headers``, a
+header match with an invalid regexp).
+
+DNS: Mailman's DMARC rule queries ``_dmarc.<From domain>`` whenever a list mitigates
+DMARC. The master and the runners start through wrappers in the instance's ``bin/``
+(``[paths.here] bin_dir``) that load ``listgate_mm3_shim``: the queries go to
+``Mailman3(dmarc_dns=(host, port))`` or, by default, answer NXDOMAIN without a packet
+leaving the process; the public suffix list is the copy Mailman ships.
+
 No pytest dependency (``mm3_fixtures.py`` wraps this in fixtures). The runners poll
 their queues every :attr:`Mailman3.sleep_time` (0.1 s instead of Mailman's 1 s), and
 only the runners needed for posting are started (see :data:`DEFAULT_RUNNERS`): start
@@ -40,8 +61,10 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import io
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -60,12 +83,15 @@ import infra
 __all__ = [
     "ALL_RUNNERS",
     "DEFAULT_RUNNERS",
+    "HEADER_MATCH_ACTIONS",
     "MAILMAN_VERSION",
+    "OUTCOMES",
     "PROBE_MEMBER",
     "Decision",
     "LmtpRefused",
     "Mailman3",
     "Mailman3Error",
+    "Shunted",
     "default_mailman_bin",
 ]
 
@@ -90,7 +116,15 @@ _FAST_RUNNERS = ("archive", "command", "in", "out", "pipeline", "virgin")
 #: that accepted posts are delivered to the SMTP sink.
 PROBE_MEMBER = "delivery-probe@mm3-harness.test"
 
-OUTCOMES = ("accept", "hold", "reject", "discard")
+#: What :meth:`Mailman3.outcome` returns: the four terminal chains; the incoming
+#: runner's ``autorespond_postings = respond_and_discard`` ("<mid> list post replied
+#: and discarded" in vette.log, before any chain runs); ``shunt`` (a runner raised on
+#: the post: it sits in var/queue/shunt); and ``lmtp-NNN`` for a post the LMTP runner
+#: refused (e.g. ``lmtp-501``: ``msg.defects``; ``lmtp-550``: no such list).
+OUTCOMES = ("accept", "hold", "reject", "discard", "autorespond-discard", "shunt")
+#: The ``action`` values ``POST /lists/{id}/header-matches`` takes (``Action`` enum;
+#: omitted = None, i.e. ``[antispam] jump_chain``).
+HEADER_MATCH_ACTIONS = ("hold", "reject", "discard", "accept", "defer")
 
 # Mailman's REST runner is a gunicorn; gunicorn >= 25.1 would otherwise create a control
 # socket $HOME/.gunicorn/gunicorn.ctl shared by all instances (unknown keys are ignored
@@ -105,18 +139,94 @@ control_socket_disable = true
 # Marker in the environment of every process of one instance (to find leftovers).
 _ENV_MARK = "LISTGATE_MM3_INSTANCE"
 
+# $bin_dir/listgate_mm3_shim.py, imported by the wrappers below before Mailman runs.
+# Mailman's master starts each runner as "$bin_dir/runner" with an environment of
+# only LANG/LC_* (bin/master.py PRESERVE_ENVS), so this is how the runners get it.
+_SHIM = """\
+\"\"\"listgate test harness: loaded into every Mailman process of one instance.
+
+DNS: Mailman's DMARC rule builds a fresh dns.resolver.Resolver() (from
+/etc/resolv.conf) per look-up. Here it asks only the server in shim.json's "dns"
+([host, port]), or, when that is null, no server at all: every query raises
+NXDOMAIN without a packet being sent.
+\"\"\"
+import json
+import os
+
+import dns.name
+import dns.resolver
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_HERE, "shim.json")) as _f:
+    SETTINGS = json.load(_f)
+
+_orig_init = dns.resolver.Resolver.__init__
+
+
+def _init(self, filename="/etc/resolv.conf", configure=True):
+    _orig_init(self, filename, configure=False)
+    server = SETTINGS.get("dns")
+    if server:
+        self.nameservers = [server[0]]
+        self.port = int(server[1])
+    else:
+        self.nameservers = ["127.0.0.1"]
+        self.port = 9  # never used: see _nxdomain
+
+
+def _nxdomain(self, qname, *args, **kwargs):
+    name = dns.name.from_text(str(qname)) if not isinstance(qname, dns.name.Name) else qname
+    raise dns.resolver.NXDOMAIN(qnames=[name], responses={})
+
+
+dns.resolver.Resolver.__init__ = _init
+if not SETTINGS.get("dns"):
+    dns.resolver.Resolver.resolve = _nxdomain
+    dns.resolver.Resolver.query = _nxdomain
+
+
+def run(mlist, code):
+    \"\"\"``mailman shell [-l LIST] -r listgate_mm3_shim.run CODE``: exec CODE with
+    ``m`` (the list or None), ``config``, ``getUtility``; then commit.\"\"\"
+    from mailman.config import config
+    from zope.component import getUtility
+
+    scope = {"m": mlist, "config": config, "getUtility": getUtility}
+    exec(code, scope)
+    config.db.commit()
+
+
+def run_site(code):
+    run(None, code)
+"""
+
+_WRAPPER = """\
+#!{python}
+import sys
+
+import listgate_mm3_shim  # noqa: F401  (DNS; see the module)
+from mailman.bin.{module} import main
+
+if __name__ == "__main__":
+    sys.argv[0] = {argv0!r}
+    sys.exit(main())
+"""
+
 
 class Mailman3Error(infra.InfraError):
     """Mailman could not be started, answered unexpectedly, or a post got lost."""
 
 
 class LmtpRefused(Mailman3Error):
-    """Mailman's LMTP runner refused the post (``code``/``reply``: its answer)."""
+    """Mailman's LMTP runner refused the post (``code``/``reply``: its answer;
+    ``message_id``: the post's Message-ID, whose :meth:`Mailman3.outcome` is then
+    ``"lmtp-<code>"``)."""
 
-    def __init__(self, message: str, code: int, reply: str) -> None:
+    def __init__(self, message: str, code: int, reply: str, message_id: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.reply = reply
+        self.message_id = message_id
 
 
 @dataclass(frozen=True)
@@ -134,6 +244,28 @@ class Decision:
     reasons: str
     line: str
     seconds: float | None = None
+    #: holds only (with ``confirm``): the ``X-Mailman-Rule-Hits`` / ``-Misses``
+    #: headers the hold chain put on the held copy, i.e. every rule that hit/missed
+    #: on the way, in chain order (e.g. ``("no-subject", "max-size")``).
+    rule_hits: tuple[str, ...] = ()
+    rule_misses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Shunted:
+    """A post in ``var/queue/shunt`` (a runner raised on it).
+
+    ``queue``: the runner's queue (``msgdata['whichq']``: ``in`` = the chains,
+    ``pipeline``, ``out``...); ``filebase``: the queue file's name; ``error``: the
+    ``Uncaught runner exception: ...`` text from mailman.log (``""`` if not found);
+    ``traceback``: the traceback logged with it.
+    """
+
+    message_id: str
+    queue: str
+    filebase: str
+    error: str
+    traceback: str
 
 
 @dataclass(frozen=True)
@@ -180,7 +312,16 @@ class Mailman3:
         sleep_time: queue polling interval of the queue runners (Mailman's default is
             ``1s``).
         startup_timeout: seconds to wait for REST and LMTP to answer.
-        extra_config: more ``mailman.cfg`` text, appended as is.
+        header_checks: site ``[antispam] header_checks`` lines (``"X-Spam: yes"``:
+            header name, colon, Python regexp), a sequence or one string.
+        jump_chain: site ``[antispam] jump_chain`` (Mailman's default: ``hold``).
+        dmarc_dns: ``(host, port)`` of the DNS server the runners' DMARC look-ups
+            use (e.g. an :class:`infra.DnsServer`); default None: no DNS query ever
+            leaves Mailman, every look-up answers NXDOMAIN (no DMARC policy anywhere).
+            The public suffix list is always the copy Mailman ships (never fetched).
+        extra_config: more ``mailman.cfg`` text, appended as is (a section that the
+            harness writes itself, e.g. ``[antispam]`` when *header_checks* or
+            *jump_chain* are given, must not appear again).
 
     Attributes: ``rest_url`` (``http://127.0.0.1:PORT/3.1``), ``rest_port``,
     ``lmtp_port``, ``admin_user``, ``admin_pass``, ``sink``, ``workdir`` (the
@@ -199,6 +340,9 @@ class Mailman3:
         admin_user: str = "restadmin",
         admin_pass: str = "restpass",
         site_owner: str = "postmaster@mm3-harness.test",
+        header_checks: Sequence[str] | str = (),
+        jump_chain: str | None = None,
+        dmarc_dns: tuple[str, int] | None = None,
         extra_config: str = "",
     ) -> None:
         self.mailman_bin = Path(mailman_bin) if mailman_bin else default_mailman_bin()
@@ -213,6 +357,14 @@ class Mailman3:
         self.admin_user = admin_user
         self.admin_pass = admin_pass
         self.site_owner = site_owner
+        self.header_checks = (
+            [ln for ln in header_checks.splitlines() if ln.strip()]
+            if isinstance(header_checks, str) else list(header_checks))
+        for line in self.header_checks:
+            if "\n" in line or "\r" in line:
+                raise ValueError(f"one header check per line: {line!r}")
+        self.jump_chain = jump_chain
+        self.dmarc_dns = dmarc_dns
         self.extra_config = extra_config
         self.sink = sink
         self._own_sink = sink is None
@@ -224,6 +376,8 @@ class Mailman3:
         self._started = False
         # message id (normalised) -> what post() knows about it
         self._posts: dict[str, _Post] = {}
+        # message id (normalised) -> the LMTP refusal of that post
+        self._refused: dict[str, LmtpRefused] = {}
 
     # ------------------------------------------------------------------ paths
     @property
@@ -241,6 +395,25 @@ class Mailman3:
     @property
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.rest_port}/3.1"
+
+    @property
+    def bin_dir(self) -> Path:
+        """The instance's ``bin/``: wrappers of Mailman's scripts (see
+        :meth:`_write_wrappers`)."""
+        return self._need_workdir() / "bin"
+
+    @property
+    def python(self) -> Path:
+        """The Python of Mailman's venv."""
+        return self.mailman_bin.parent / "python"
+
+    def _suffix_list_path(self) -> Path:
+        lib = self.mailman_bin.parent.parent / "lib"
+        found = sorted(lib.glob("python3*/site-packages/mailman/rules/data/"
+                                "public_suffix_list.dat"))
+        if not found:
+            raise Mailman3Error(f"Mailman's public_suffix_list.dat not found under {lib}")
+        return found[0]
 
     def log_path(self, name: str = "mailman") -> Path:
         """``var/logs/NAME.log`` (mailman, vette, smtp, ...)."""
@@ -269,6 +442,9 @@ class Mailman3:
             "",
             "[paths.here]",
             f"var_dir: {var}",
+            # Our wrappers of master/runner/mailman (see _write_wrappers): the master
+            # is started as $bin_dir/master, the runners as $bin_dir/runner.
+            f"bin_dir: {self.bin_dir}",
             "",
             "[database]",
             "class: mailman.database.sqlite.SQLiteDatabase",
@@ -298,7 +474,20 @@ class Mailman3:
             "[logging.gunicorn]",
             "path: rest.log",
             "",
+            # DMARC mitigation needs the public suffix list: the shipped copy, never
+            # a download (var/public_suffix_list.dat caches it).
+            "[dmarc]",
+            f"org_domain_data_url: file://{self._suffix_list_path()}",
+            "",
         ]
+        if self.header_checks or self.jump_chain is not None:
+            lines.append("[antispam]")
+            if self.header_checks:
+                lines.append("header_checks:")
+                lines.extend(f"    {check}" for check in self.header_checks)
+            if self.jump_chain is not None:
+                lines.append(f"jump_chain: {self.jump_chain}")
+            lines.append("")
         for name in ALL_RUNNERS:
             lines.append(f"[runner.{name}]")
             lines.append(f"start: {'yes' if name in self.runners else 'no'}")
@@ -321,7 +510,8 @@ class Mailman3:
 
     def _mailman(self, *args: str, timeout: float = 60, check: bool = True):
         root = ["--run-as-root"] if os.geteuid() == 0 else []
-        argv = [str(self.mailman_bin), *root, "-C", str(self.config_path), *args]
+        argv = [str(self.python), str(self.bin_dir / "mailman"), *root,
+                "-C", str(self.config_path), *args]
         out = self._need_workdir() / "mailman-cmd.out"
         with open(out, "ab") as f:
             f.write(f"$ {' '.join(argv)}\n".encode())
@@ -388,9 +578,26 @@ class Mailman3:
             self.lmtp_port = infra.free_port()
             if not self._ports_taken():
                 break
+        self._write_wrappers()
         self.config_path.write_text(self.config_text())
         (self.workdir / "gunicorn.cfg").write_text(GUNICORN_CFG)
         self._posts.clear()
+
+    def _write_wrappers(self) -> None:
+        """``$bin_dir``: ``master``, ``runner`` and ``mailman`` that import
+        ``listgate_mm3_shim`` (beside them, so ``-r listgate_mm3_shim.run`` of
+        ``mailman shell`` finds it too) and then run Mailman's own ``main``."""
+        bin_dir = self.bin_dir
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "listgate_mm3_shim.py").write_text(_SHIM)
+        (bin_dir / "shim.json").write_text(json.dumps(
+            {"dns": list(self.dmarc_dns) if self.dmarc_dns else None}))
+        for name, module in (("master", "master"), ("runner", "runner"),
+                             ("mailman", "mailman")):
+            path = bin_dir / name
+            path.write_text(_WRAPPER.format(python=self.python, module=module,
+                                            argv0=str(self.mailman_bin.parent / name)))
+            path.chmod(0o755)
 
     def _ports_taken(self) -> bool:
         """True if something listens on one of our ports (call it while none of this
@@ -676,9 +883,87 @@ class Mailman3:
         """PATCH list settings (``/lists/{id}/config``); lists as Python lists."""
         self._rest_ok("PATCH", f"lists/{_list_id(fqdn_or_id)}/config", settings, ok=(204,))
 
-    def config(self, fqdn_or_id: str) -> dict:
-        """The list's settings (``GET /lists/{id}/config``)."""
-        return self._rest_ok("GET", f"lists/{_list_id(fqdn_or_id)}/config", ok=(200,))[1]
+    def config(self, fqdn_or_id: str, attribute: str | None = None):
+        """The list's settings (``GET /lists/{id}/config``), or the value of one
+        *attribute* (``GET /lists/{id}/config/{attribute}``)."""
+        path = f"lists/{_list_id(fqdn_or_id)}/config"
+        if attribute is None:
+            return self._rest_ok("GET", path, ok=(200,))[1]
+        return self._rest_ok("GET", f"{path}/{attribute}", ok=(200,))[1][attribute]
+
+    # ------------------------------------------------------------------ header matches
+    def add_header_match(
+        self,
+        fqdn_or_id: str,
+        header: str,
+        pattern: str,
+        action: str | None = None,
+        *,
+        tag: str | None = None,
+        position: int | None = None,
+    ) -> dict:
+        """Append a rule to the list's ``header_matches`` (``POST
+        /lists/{id}/header-matches``; *action* one of :data:`HEADER_MATCH_ACTIONS`
+        or None = ``[antispam] jump_chain``); with *position*, then move it there
+        (``PATCH .../header-matches/{n} position=``). Returns the rule's JSON
+        (``position``, ``header`` (REST lowercases it), ``pattern``, ``action`` when
+        set, ``tag`` when set). REST refuses (400) an invalid regexp, an unknown action
+        and a (header, pattern) pair the list already has."""
+        list_id = _list_id(fqdn_or_id)
+        data: dict[str, object] = {"header": header, "pattern": pattern}
+        if action is not None:
+            data["action"] = action
+        if tag is not None:
+            data["tag"] = tag
+        self._rest_ok("POST", f"lists/{list_id}/header-matches", data, ok=(201,))
+        rules = self.header_matches(list_id)
+        rule = rules[-1]
+        if position is not None and position != rule["position"]:
+            self._rest_ok("PATCH", f"lists/{list_id}/header-matches/{rule['position']}",
+                          {"position": position}, ok=(204,))
+            rule = self._rest_ok("GET", f"lists/{list_id}/header-matches/{position}",
+                                 ok=(200,))[1]
+        return rule
+
+    def header_matches(self, fqdn_or_id: str) -> list[dict]:
+        """The list's header match rules in order (``GET .../header-matches``)."""
+        body = self._rest_ok("GET", f"lists/{_list_id(fqdn_or_id)}/header-matches",
+                             ok=(200,))[1]
+        return list(body.get("entries", []))
+
+    def clear_header_matches(self, fqdn_or_id: str) -> None:
+        """Remove all the list's header match rules (``DELETE .../header-matches``)."""
+        self._rest_ok("DELETE", f"lists/{_list_id(fqdn_or_id)}/header-matches", ok=(204,))
+
+    def antispam(self) -> dict:
+        """``GET /system/configuration/antispam`` (``header_checks``, ``jump_chain``)."""
+        return self._rest_ok("GET", "system/configuration/antispam", ok=(200,))[1]
+
+    # ------------------------------------------------------------------ shell
+    def shell(self, code: str, fqdn_or_id: str | None = None, timeout: float = 60) -> str:
+        """Run Python *code* inside Mailman (``mailman shell [-l LIST] -r ...``),
+        with ``m`` bound to the list (or None), ``config`` and ``getUtility``; the
+        transaction is committed afterwards. Returns what the code printed. For what
+        REST cannot do, e.g. ``m.bounce_matching_headers = "X-Foo: bar"`` or a header
+        match with an invalid regexp. Costs ~1-2 s (a Mailman start-up)."""
+        args = ["shell"]
+        if fqdn_or_id is not None:
+            args += ["-l", fqdn_or_id]
+            args += ["-r", "listgate_mm3_shim.run", code]
+        else:
+            args += ["-r", "listgate_mm3_shim.run_site", code]
+        root = ["--run-as-root"] if os.geteuid() == 0 else []
+        argv = [str(self.python), str(self.bin_dir / "mailman"), *root,
+                "-C", str(self.config_path), *args]
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                             cwd=self.workdir, env=self._env(), timeout=timeout,
+                             check=False)
+        if res.returncode != 0:
+            raise Mailman3Error(
+                f"mailman shell failed (exit {res.returncode}):\n"
+                f"{res.stdout.decode(errors='replace')[-2000:]}"
+                f"{res.stderr.decode(errors='replace')[-4000:]}")
+        return res.stdout.decode("utf-8", "replace")
 
     def subscribe(
         self,
@@ -780,47 +1065,62 @@ class Mailman3:
         rcpt: str | Sequence[str],
         *,
         timeout: float = 30,
+        check: bool = True,
     ) -> str:
         """Deliver *msg* to Mailman over LMTP (``MAIL FROM:<mail_from>``, one RCPT per
         *rcpt*). Returns the message's Message-ID (as in the header, e.g.
         ``"<x@y>"``), which :meth:`outcome` takes. The message must have one.
-        Raises :class:`LmtpRefused` if Mailman refuses a recipient or the data."""
+
+        If Mailman refuses a recipient or the data, the refusal is remembered
+        (:meth:`outcome` then answers ``"lmtp-<code>"``, e.g. ``"lmtp-501"`` for a
+        message with defects) and, with *check* (the default), :class:`LmtpRefused`
+        is raised; with ``check=False`` the Message-ID is returned as usual."""
         raw = msg.encode() if isinstance(msg, str) else bytes(msg)
-        parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-        mid = parsed.get("Message-ID")
-        if not mid or not _norm_mid(str(mid)):
+        mid = _message_id_of(raw)
+        if not mid or not _norm_mid(mid):
             raise ValueError("the message needs a Message-ID header (outcome() matches on it)")
-        mid = str(mid).strip()
         rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
-        self._posts[_norm_mid(mid)] = _Post(self._vette_size(), time.monotonic(), rcpts)
+        key = _norm_mid(mid)
+        self._refused.pop(key, None)
+        self._posts[key] = _Post(self._vette_size(), time.monotonic(), rcpts)
+        refusal: LmtpRefused | None = None
         try:
             with smtplib.LMTP(self.host, self.lmtp_port, timeout=timeout) as lmtp:
                 lmtp.ehlo_or_helo_if_needed()
                 refused = lmtp.sendmail(mail_from, rcpts, raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
-            raise LmtpRefused(
+            refusal = LmtpRefused(
                 f"LMTP refused all recipients {rcpts}: {exc.recipients}", code,
                 text.decode(errors="replace") if isinstance(text, bytes) else str(text),
-            ) from exc
+                mid)
         except smtplib.SMTPResponseException as exc:
             text = exc.smtp_error
-            raise LmtpRefused(
+            refusal = LmtpRefused(
                 f"LMTP refused the post: {exc.smtp_code} {text!r}", exc.smtp_code,
                 text.decode(errors="replace") if isinstance(text, bytes) else str(text),
-            ) from exc
+                mid)
         except (OSError, smtplib.SMTPException) as exc:
             raise Mailman3Error(
                 f"LMTP delivery to {self.host}:{self.lmtp_port} failed: {exc}\n"
                 + self._failure("LMTP failed")
             ) from exc
-        if refused:
-            code, text = next(iter(refused.values()))
-            raise LmtpRefused(
-                f"LMTP refused recipients {refused}", code,
-                text.decode(errors="replace") if isinstance(text, bytes) else str(text),
-            )
+        else:
+            if refused:
+                code, text = next(iter(refused.values()))
+                refusal = LmtpRefused(
+                    f"LMTP refused recipients {refused}", code,
+                    text.decode(errors="replace") if isinstance(text, bytes) else str(text),
+                    mid)
+        if refusal is not None:
+            self._refused[key] = refusal
+            if check:
+                raise refusal
         return mid
+
+    def lmtp_refusal(self, message_id: str) -> LmtpRefused | None:
+        """The LMTP refusal of the post *message_id* (None if it was taken)."""
+        return self._refused.get(_norm_mid(message_id))
 
     def _vette_size(self) -> int:
         try:
@@ -830,10 +1130,16 @@ class Mailman3:
 
     def find_decision(self, message_id: str) -> Decision | None:
         """The decision logged for *message_id* so far (since it was posted, if it
-        was posted with :meth:`post`), else None. The last one wins."""
+        was posted with :meth:`post`), else None. The last one wins. An LMTP
+        refusal counts (action ``lmtp-<code>``), and so does the incoming runner's
+        autorespond discard (action ``autorespond-discard``)."""
         mid = _norm_mid(message_id)
         info = self._posts.get(mid)
         offset, posted_at = (info.offset, info.posted_at) if info else (0, None)
+        refusal = self._refused.get(mid)
+        if refusal is not None:
+            return Decision(f"lmtp-{refusal.code}", message_id.strip(), refusal.reply,
+                            f"{refusal.code} {refusal.reply}", 0.0)
         try:
             with open(self.log_path("vette"), "rb") as f:
                 f.seek(offset)
@@ -841,7 +1147,7 @@ class Mailman3:
         except OSError:
             return None
         found: Decision | None = None
-        for line in text.splitlines():
+        for line in _log_records(text):
             hit = _parse_vette(line, mid)
             if hit is not None:
                 action, reasons = hit
@@ -852,51 +1158,135 @@ class Mailman3:
     def decide(self, message_id: str, timeout: float = 30.0, confirm: bool = True) -> Decision:
         """Wait until Mailman has decided on the post *message_id*; return the
         :class:`Decision`. With *confirm*, a hold must also be listed by
-        ``GET /lists/{id}/held`` and an accepted post must reach the SMTP sink (when
-        its list has members; otherwise the ACCEPT line alone counts).
+        ``GET /lists/{id}/held`` (its rule hits/misses are read from there) and an
+        accepted post must reach the SMTP sink (when its list has members; otherwise
+        the ACCEPT line alone counts).
 
-        Raises :class:`Mailman3Error` (with the log tails) after *timeout* seconds.
+        A post that lands in the shunt queue instead (a runner raised on it, before
+        or after a chain decided) is decided as ``shunt``: ``reasons`` is
+        ``"<queue>: <exception>"``, ``line`` the chain's vette.log line if any.
+
+        Never waits longer than *timeout* seconds: then raises
+        :class:`Mailman3Error` (with the queues and the log tails).
         """
         deadline = time.monotonic() + timeout
         decision = None
+        next_shunt_check = 0.0
+        mid = _norm_mid(message_id)
         while decision is None:
             decision = self.find_decision(message_id)
             if decision is not None:
                 break
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now >= next_shunt_check:
+                shunted = self._shunt_decision(message_id, "")
+                if shunted is not None:
+                    return shunted
+                next_shunt_check = now + 0.2
+            if now > deadline:
                 raise Mailman3Error(self._lost(message_id, timeout, "no decision logged"))
             if not self.running:
                 raise Mailman3Error(self._failure("Mailman is not running any more"))
             time.sleep(0.02)
-        if not confirm:
+        if not confirm or decision.action not in ("hold", "accept"):
             return decision
-        mid = _norm_mid(message_id)
+        hits: tuple[str, ...] = ()
+        misses: tuple[str, ...] = ()
         if decision.action == "hold":
             m = re.search(r"HOLD: (\S+@\S+) post from", decision.line)
             list_id = _list_id(m.group(1)) if m else None
             while list_id is not None:
-                if any(_norm_mid(str(e.get("message_id", ""))) == mid
-                       for e in self.held(list_id)):
+                entry = next((e for e in self.held(list_id)
+                              if _norm_mid(str(e.get("message_id", ""))) == mid), None)
+                if entry is not None:
+                    hits, misses = _rule_headers(str(entry.get("msg", "")))
                     break
                 if time.monotonic() > deadline:
                     raise Mailman3Error(self._lost(
                         message_id, timeout, f"HOLD logged but not in lists/{list_id}/held"))
                 time.sleep(0.05)
-        elif decision.action == "accept" and self._expects_delivery(mid):
+        elif self._expects_delivery(mid):
             while not self.delivered(message_id):
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now >= next_shunt_check:
+                    shunted = self._shunt_decision(message_id, decision.line)
+                    if shunted is not None:
+                        return shunted
+                    next_shunt_check = now + 0.2
+                if now > deadline:
                     raise Mailman3Error(self._lost(
                         message_id, timeout, "ACCEPT logged but nothing reached the sink"))
                 time.sleep(0.02)
         info = self._posts.get(mid)
         secs = time.monotonic() - info.posted_at if info is not None else None
         return Decision(decision.action, decision.message_id, decision.reasons,
-                        decision.line, secs)
+                        decision.line, secs, hits, misses)
 
     def outcome(self, message_id: str, timeout: float = 30.0, confirm: bool = True) -> str:
-        """``"accept"``, ``"hold"``, ``"reject"`` or ``"discard"``: what Mailman did
-        with the post *message_id* (see :meth:`decide`)."""
+        """What Mailman did with the post *message_id*: one of :data:`OUTCOMES`
+        (``"accept"``, ``"hold"``, ``"reject"``, ``"discard"``,
+        ``"autorespond-discard"``, ``"shunt"``) or ``"lmtp-<code>"`` (see
+        :meth:`decide`; bounded by *timeout*)."""
         return self.decide(message_id, timeout, confirm).action
+
+    def decide_all(
+        self, message_ids: Iterable[str], timeout: float = 60.0, confirm: bool = True
+    ) -> dict[str, Decision]:
+        """:meth:`decide` for many posts (posted before, so that Mailman works on
+        them all at once), within *timeout* seconds in all."""
+        deadline = time.monotonic() + timeout
+        return {mid: self.decide(mid, max(0.5, deadline - time.monotonic()), confirm)
+                for mid in message_ids}
+
+    def _shunt_decision(self, message_id: str, line: str) -> Decision | None:
+        shunted = self.shunted(message_id)
+        if shunted is None:
+            return None
+        info = self._posts.get(_norm_mid(message_id))
+        secs = time.monotonic() - info.posted_at if info is not None else None
+        return Decision("shunt", message_id.strip(), f"{shunted.queue}: {shunted.error}",
+                        line, secs)
+
+    def shunted(self, message_id: str) -> Shunted | None:
+        """The post *message_id* if it is in ``var/queue/shunt`` (else None)."""
+        mid = _norm_mid(message_id)
+        qdir = self.var_dir / "queue" / "shunt"
+        try:
+            files = sorted(qdir.glob("*.pck"))
+        except OSError:
+            return None
+        for path in files:
+            found = _read_queue_file(path)
+            if found is None or _norm_mid(found[0]) != mid:
+                continue
+            error, tb = self._shunt_error(path.stem)
+            return Shunted(message_id.strip(), found[1], path.stem, error, tb)
+        return None
+
+    def _shunt_error(self, filebase: str) -> tuple[str, str]:
+        """(exception, traceback) logged before ``SHUNTING: filebase``."""
+        try:
+            text = self.log_path().read_text("utf-8", "replace")
+        except OSError:
+            return "", ""
+        at = text.find(f"SHUNTING: {filebase}")
+        if at < 0:
+            return "", ""
+        start = text.rfind("Uncaught runner exception: ", 0, at)
+        if start < 0:
+            return "", ""
+        chunk = text[start:at]
+        first, _, rest = chunk.partition("\n")
+        error = first[len("Uncaught runner exception: "):].strip()
+        # the traceback is logged as a record of its own: drop the log prefixes
+        lines = [_LOG_RECORD.sub("", ln, count=1) for ln in rest.splitlines()]
+        tb = "\n".join(ln for ln in lines if ln.strip()).strip()
+        # The traceback's last line names the exception class too ("KeyError: 'x'").
+        last = next((ln.strip() for ln in reversed(tb.splitlines())
+                     if ln.strip() and not ln.startswith(" ")), "")
+        if last and error in last:
+            error = last
+        return error, tb
 
     def delivered(self, message_id: str) -> list[infra.SinkMessage]:
         """The sink's messages with this Message-ID (the list's copies of a post)."""
@@ -934,6 +1324,92 @@ class Mailman3:
         )
 
 
+_LOG_RECORD = re.compile(r"^[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d \d{4} \(\d+\) ?")
+
+
+def _log_records(text: str) -> list[str]:
+    """Mailman log *text* as records: a line that does not start with the
+    ``Dec 01 12:00:00 2026 (PID) `` prefix continues the record before it (a logged
+    header value can contain its folding CRLF)."""
+    records: list[str] = []
+    for line in text.splitlines():
+        if records and not _LOG_RECORD.match(line):
+            records[-1] += "\n" + line
+        else:
+            records.append(line)
+    return records
+
+
+def _message_id_of(raw: bytes) -> str | None:
+    """The Message-ID header of *raw* as Mailman's LMTP runner reads it (compat32)."""
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    mid = parsed.get("Message-ID")
+    return None if mid is None else str(mid).strip()
+
+
+class _Stub:
+    """Stands in for every class in a queue pickle (nothing of Mailman is imported)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._args = args
+
+    def __setstate__(self, state) -> None:
+        if isinstance(state, tuple) and len(state) == 2:
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self._state = state
+
+
+class _QueueUnpickler(pickle.Unpickler):
+    _REAL = frozenset({("datetime", "datetime"), ("datetime", "timedelta"),
+                       ("datetime", "timezone"), ("datetime", "date")})
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._REAL:
+            return super().find_class(module, name)
+        return type(name, (_Stub,), {"__module__": "stub." + module})
+
+
+def _read_queue_file(path: Path) -> tuple[str, str] | None:
+    """(Message-ID, msgdata['whichq']) of a Mailman queue file (``.pck``: a pickle
+    of the pickled message, then a pickle of the metadata), None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            msgsave = _QueueUnpickler(f).load()
+            try:
+                msgdata = _QueueUnpickler(f).load()
+            except Exception:  # noqa: BLE001 - metadata is a bonus
+                msgdata = {}
+        if isinstance(msgsave, bytes):
+            msg = _QueueUnpickler(io.BytesIO(msgsave)).load()
+        else:
+            msg = msgsave
+    except Exception:  # noqa: BLE001 - a half-written or foreign file
+        return None
+    if isinstance(msg, str):  # _plaintext queue entries
+        mid = _message_id_of(msg.encode("utf-8", "surrogateescape"))
+    else:
+        mid = next((str(v) for k, v in getattr(msg, "_headers", [])
+                    if str(k).lower() == "message-id" and isinstance(v, str)), None)
+    if mid is None:
+        return None
+    whichq = msgdata.get("whichq", "?") if isinstance(msgdata, dict) else "?"
+    return mid, str(whichq)
+
+
+def _rule_headers(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(X-Mailman-Rule-Hits, X-Mailman-Rule-Misses) of a held message's text."""
+    parsed = email.message_from_string(text, policy=email.policy.compat32)
+
+    def split(name: str) -> tuple[str, ...]:
+        value = re.sub(r"\s+", " ", str(parsed.get(name, "")))
+        return tuple(v.strip() for v in value.split(";") if v.strip())
+
+    return split("X-Mailman-Rule-Hits"), split("X-Mailman-Rule-Misses")
+
+
 def _form_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -952,8 +1428,11 @@ def _parse_vette(line: str, mid: str) -> tuple[str, str] | None:
         HOLD: list@domain post from sender held, message-id=<mid>: reason; reason
         REJECT: <mid>
         DISCARD: <mid>; [reasons]
+        <mid> list post replied and discarded     (runners/incoming.py)
     """
     for bracketed in (f"<{mid}>", mid):
+        if line.endswith(f" {bracketed} list post replied and discarded"):
+            return "autorespond-discard", "list post replied and discarded"
         if line.endswith(f" ACCEPT: {bracketed}"):
             return "accept", ""
         if line.endswith(f" REJECT: {bracketed}"):

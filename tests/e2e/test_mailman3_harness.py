@@ -8,7 +8,7 @@ import time
 
 import infra
 import pytest
-from mailman3 import PROBE_MEMBER, LmtpRefused, Mailman3
+from mailman3 import HEADER_MATCH_ACTIONS, PROBE_MEMBER, LmtpRefused, Mailman3, Mailman3Error
 from mm3_fixtures import install_mailman3, mailman3, mm3_new_list  # noqa: F401
 
 MEMBER = "alice@example.test"
@@ -198,3 +198,168 @@ def test_private_instance_starts_and_stops_cleanly():
     assert not [p for p in pids if infra.pid_alive(p)]
     assert mm.workdir is None and not workdir.exists()
     assert not mm.sink.running
+
+
+def test_config_attributes_set_and_read_back(mailman3, mm3_new_list):  # noqa: F811
+    fqdn = mm3_new_list()
+    settings = {
+        "moderator_password": "pässwörd", "max_message_size": 7, "max_num_recipients": 4,
+        "require_explicit_destination": False,
+        "acceptable_aliases": ["zed@lists.test", r"^.*-team@lists\.test$", "Alias@Lists.Test",
+                               "^\\S+@Upper\\.test$"],
+        "administrivia": False, "dmarc_mitigate_action": "discard",
+        "dmarc_addresses": ["dm@x.test", "^.*@dmarc\\.test$"],
+        "newsgroup_moderation": "open_moderated", "autorespond_postings": "respond_and_continue",
+        "emergency": True, "filter_content": True,
+    }
+    mailman3.configure(fqdn, **settings)
+    config = mailman3.config(fqdn)
+    # REST stores the passlib hash (sha512_crypt) and returns it as a str; never the
+    # password itself.
+    hashed = config["moderator_password"]
+    assert isinstance(hashed, str) and hashed.startswith("$6$rounds=656000$")
+    assert mailman3.config(fqdn, "moderator_password") == hashed
+    # acceptable_aliases are stored lowercased, regexps too (r"\S" becomes r"\s"!),
+    # and come back sorted.
+    assert config["acceptable_aliases"] == sorted(
+        a.lower() for a in settings["acceptable_aliases"])
+    assert "^\\s+@upper\\.test$" in config["acceptable_aliases"]
+    for name, value in settings.items():
+        if name not in ("moderator_password", "acceptable_aliases"):
+            assert config[name] == value, name
+    # a fresh list's defaults, which listgate's chain must assume
+    defaults = mailman3.config(mm3_new_list())
+    assert defaults["moderator_password"] is None
+    assert {k: defaults[k] for k in (
+        "administrivia", "require_explicit_destination", "max_num_recipients",
+        "max_message_size", "emergency", "dmarc_mitigate_action", "newsgroup_moderation",
+        "autorespond_postings", "filter_content", "acceptable_aliases",
+        "dmarc_addresses")} == {
+        "administrivia": True, "require_explicit_destination": True,
+        "max_num_recipients": 10, "max_message_size": 40, "emergency": False,
+        "dmarc_mitigate_action": "no_mitigation", "newsgroup_moderation": "none",
+        "autorespond_postings": "none", "filter_content": False, "acceptable_aliases": [],
+        "dmarc_addresses": []}
+    # Not in the REST config at all: header matches have their own resource, and
+    # bounce_matching_headers (suspicious-header) can only be set with mailman shell.
+    assert "header_matches" not in config and "bounce_matching_headers" not in config
+    status, body = mailman3.rest("PATCH", f"lists/{fqdn}/config",
+                                 {"bounce_matching_headers": "X-Foo: bar"})
+    assert status == 400, body
+    mailman3.shell("m.bounce_matching_headers = 'X-Foo: ^bar'", fqdn)
+    out = mailman3.shell("print(repr(m.bounce_matching_headers))", fqdn)
+    assert out.strip() == "'X-Foo: ^bar'"
+    default_bmh = mailman3.shell("print(repr(m.bounce_matching_headers))", mm3_new_list())
+    assert "deprecated setting" in default_bmh  # a comment line: matches nothing
+
+
+def test_header_matches_over_rest(mailman3, mm3_new_list):  # noqa: F811
+    fqdn = mm3_new_list()
+    assert mailman3.header_matches(fqdn) == []
+    assert HEADER_MATCH_ACTIONS == ("hold", "reject", "discard", "accept", "defer")
+    for i, action in enumerate((*HEADER_MATCH_ACTIONS, None)):
+        rule = mailman3.add_header_match(fqdn, f"X-Rule-{i}", f"p{i}", action, tag="T")
+        assert rule["position"] == i and rule["header"] == f"x-rule-{i}"  # lowercased
+        assert rule.get("action") == action  # no action: the key is absent
+        assert rule["tag"] == "T"  # POST keeps the tag's case (PATCH lowercases)
+    blank = mailman3.add_header_match(fqdn, "X-Blank", "b", "")  # "" = no action
+    assert "action" not in blank
+    moved = mailman3.add_header_match(fqdn, "X-First", "f", "hold", position=0)
+    rules = mailman3.header_matches(fqdn)
+    assert moved["position"] == 0 and rules[0]["header"] == "x-first"
+    assert [r["position"] for r in rules] == list(range(len(rules)))
+    for bad in ({"header": "X-A", "pattern": "[unclosed"},  # invalid regexp
+                {"header": "X-A", "pattern": "a", "action": "bogus"},
+                {"header": "x-first", "pattern": "f"}):  # the same (header, pattern)
+        status, body = mailman3.rest("POST", f"lists/{fqdn}/header-matches", bad)
+        assert status == 400, (bad, body)
+    mailman3.clear_header_matches(fqdn)
+    assert mailman3.header_matches(fqdn) == []
+
+
+def test_outcomes_beyond_the_four_chains(mailman3, mm3_new_list):  # noqa: F811
+    fqdn = mm3_new_list()
+    mailman3.subscribe(fqdn, MEMBER)
+    # LMTP refusal (msg.defects -> 501): raised, remembered, and an outcome
+    broken = infra.make_message(from_=MEMBER, to=fqdn, headers=[
+        ("MIME-Version", "1.0"), ("Content-Type", "multipart/mixed")])
+    with pytest.raises(LmtpRefused) as info:
+        mailman3.post(broken, MEMBER, fqdn)
+    assert info.value.code == 501 and "defects" in info.value.reply
+    assert mailman3.outcome(info.value.message_id) == "lmtp-501"
+    again = infra.make_message(from_=MEMBER, to=fqdn, headers=[
+        ("MIME-Version", "1.0"), ("Content-Type", "multipart/mixed")])
+    mid = mailman3.post(again, MEMBER, fqdn, check=False)
+    assert mailman3.lmtp_refusal(mid).code == 501
+    assert mailman3.decide(mid).action == "lmtp-501"
+    # autorespond_postings respond_and_discard: the incoming runner, before the chain
+    auto = mm3_new_list(autorespond_postings="respond_and_discard")
+    mailman3.subscribe(auto, MEMBER)
+    decision = mailman3.decide(post(mailman3, auto, MEMBER))
+    assert decision.action == "autorespond-discard", decision
+    assert "list post replied and discarded" in decision.line
+    # a runner exception -> shunt (a header_matches rule with action defer: there is no
+    # 'defer' chain)
+    shunty = mm3_new_list()
+    mailman3.subscribe(shunty, MEMBER)
+    mailman3.add_header_match(shunty, "X-Whatever", "x", "defer")
+    mid = post(mailman3, shunty, MEMBER)
+    decision = mailman3.decide(mid)
+    assert decision.action == "shunt", decision
+    assert decision.reasons == "in: KeyError: 'defer'"
+    shunted = mailman3.shunted(mid)
+    assert shunted.queue == "in" and shunted.error == "KeyError: 'defer'"
+    assert "Traceback" in shunted.traceback and "chains/headers.py" in shunted.traceback
+    assert (mailman3.var_dir / "queue" / "shunt" / f"{shunted.filebase}.pck").exists()
+    # holds carry the rule hits Mailman stamped on the held copy
+    held = mailman3.decide(post(mailman3, fqdn, MEMBER, subject=""))
+    assert held.action == "hold" and "no-subject" in held.rule_hits
+    assert "approved" in held.rule_misses
+    # never hangs: a post Mailman never got
+    t0 = time.monotonic()
+    with pytest.raises(Mailman3Error, match="no decision logged"):
+        mailman3.decide("<never-posted@mm3-harness.test>", timeout=1)
+    assert time.monotonic() - t0 < 5
+
+
+def test_dmarc_lookups_never_leave_the_harness(mailman3, mm3_new_list):  # noqa: F811
+    """Without ``dmarc_dns`` every DMARC look-up answers NXDOMAIN (no packet sent):
+    a list that mitigates DMARC accepts posts from domains not in dmarc_addresses."""
+    fqdn = mm3_new_list(dmarc_mitigate_action="reject", dmarc_addresses=["dm@x.test"])
+    mailman3.subscribe(fqdn, MEMBER)
+    mailman3.subscribe(fqdn, "dm@x.test")
+    assert mailman3.outcome(post(mailman3, fqdn, MEMBER)) == "accept"
+    assert mailman3.outcome(post(mailman3, fqdn, "dm@x.test")) == "reject"
+    assert mailman3.antispam()["header_checks"] == ""  # the session Mailman: none
+    assert mailman3.antispam()["jump_chain"] == "hold"
+
+
+def test_site_antispam_and_dmarc_dns():
+    """A private Mailman with [antispam] header_checks, jump_chain and a DNS server
+    for DMARC."""
+    install_mailman3()
+    dns = infra.DnsServer(txt={"_dmarc.strict.test": "v=DMARC1; p=reject"}).start()
+    try:
+        with Mailman3(header_checks=["X-Spam-Flag: ^yes", "X-Other: (a|b)"],
+                      jump_chain="discard", dmarc_dns=(dns.host, dns.port)) as mm:
+            antispam = mm.antispam()
+            # what REST shows: the config value as lazr.config keeps it (a leading
+            # newline, one check per line)
+            assert antispam["header_checks"] == "\nX-Spam-Flag: ^yes\nX-Other: (a|b)"
+            assert antispam["jump_chain"] == "discard"
+            fqdn = "site@lists.test"
+            mm.create_list(fqdn, dmarc_mitigate_action="reject")
+            for member in (MEMBER, "someone@strict.test"):
+                mm.subscribe(fqdn, member)
+            spam = post(mm, fqdn, MEMBER, headers=[("X-Spam-Flag", "YES")])
+            decision = mm.decide(spam)
+            assert decision.action == "discard", decision  # jump_chain
+            assert "matched a header rule" in decision.reasons
+            # a list rule without an action uses jump_chain too
+            mm.add_header_match(fqdn, "X-List", "yes")
+            assert mm.outcome(post(mm, fqdn, MEMBER, headers=[("X-List", "yes")])) == "discard"
+            assert mm.outcome(post(mm, fqdn, MEMBER)) == "accept"
+            # DMARC through the given DNS server: p=reject -> reject
+            assert mm.outcome(post(mm, fqdn, "someone@strict.test")) == "reject"
+    finally:
+        dns.stop()
