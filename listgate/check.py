@@ -61,8 +61,8 @@ def transaction(session: Session, *, client_name: str, client_ip: str | None,
     s = session
     out: dict[str, Any] = {"action": "accept", "smtp_reply": None, "stage": "eom",
                            "client_class": None, "spf": None, "rcpts": [], "list": None,
-                           "list_verdict": None, "reasons": [], "added_headers": [],
-                           "auth": None}
+                           "list_verdict": None, "list_rule": None, "list_undecided": False,
+                           "reasons": [], "added_headers": [], "auth": None}
 
     def finish(extra: dict[str, Any]) -> dict[str, Any]:
         out.update(extra)
@@ -96,7 +96,11 @@ def transaction(session: Session, *, client_name: str, client_ip: str | None,
     action = "accept" if result.decision.action == CONTINUE else result.decision.action
     out.update(_decision(action, result.decision))
     out["list"] = result.list_address
-    out["list_verdict"] = result.list_verdict.action if result.list_verdict else None
+    v = result.list_verdict
+    out["list_verdict"] = v.action if v else None
+    # the link of the posting chain that decided, and whether it could not be judged
+    out["list_rule"] = v.rule if v else None
+    out["list_undecided"] = v.undecided if v else False
     if action == "accept":
         # the order the MTA ends up with: each index-0 insertion lands above the ones
         # before it, appends go to the end
