@@ -76,6 +76,33 @@ def _int(raw: str) -> int:
     return v
 
 
+def _positive_int(raw: str) -> int:
+    v = _int(raw)
+    if v < 1:
+        raise ValueError("must be at least 1")
+    return v
+
+
+def _rate(raw: str) -> float:
+    """Per second; 0 = unbounded."""
+    try:
+        v = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number per second, got {raw.strip()!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise ValueError("must be a finite number, not negative")
+    return v
+
+
+def _approve_wait(raw: str) -> float:
+    """Seconds a password check may wait; far below the MTA's end-of-message timeout."""
+    v = _seconds(raw)
+    if v > 60:
+        raise ValueError("at most 60 seconds: the check runs at end of message, which "
+                         "Postfix allows a milter 300 s for (milter_content_timeout)")
+    return v
+
+
 def _words(raw: str) -> list[str]:
     """A list separated by commas and/or white space."""
     return [w for w in re.split(r"[\s,]+", raw.strip()) if w]
@@ -292,6 +319,16 @@ SCHEMA: dict[str, dict[str, Opt]] = {
     "sqlite": {
         "path": Opt("/var/lib/listgate/listgate.db", _str),
         "busy_timeout": Opt("2", _seconds),
+    },
+    "approved": {
+        # the moderator-password check of Mailman's approved rule (listgate.passwords)
+        "max_concurrent": Opt("1", _positive_int),
+        "max_per_second": Opt("1", _rate),
+        "burst": Opt("4", _positive_int),
+        "wait": Opt("2", _approve_wait),
+        "cache_ttl": Opt("3600", _seconds),
+        "cache_size": Opt("1000", _int),
+        "max_password_bytes": Opt("128", _positive_int),
     },
     "metrics": {
         "listen": Opt("", _listen),
