@@ -15,6 +15,7 @@ from listgate.backends import open_backend
 from listgate.config import Config
 from listgate.dmarc import DmarcChecker
 from listgate.engine import Engine
+from listgate.passwords import PasswordChecker
 from listgate.spfcheck import SpfChecker, configure_dns
 
 
@@ -42,4 +43,5 @@ def build_engine(cfg: Config, log: logging.Logger | None = None,
     spf = SpfChecker(name, cfg.spf.timeout, cfg.dns.timeout, cfg.spf.cache_ttl)
     return Engine(cfg, open_backend(cfg), spf, load_is_dynip(), log, host_name=name,
                   dmarc=DmarcChecker(cfg.dns.timeout),
+                  passwords=PasswordChecker.from_config(cfg),
                   background_refresh=background_refresh)

@@ -172,7 +172,7 @@ def log_stats_on_sigusr1(current: Callable[[], Engine]) -> threading.Thread:
     def wait() -> None:
         while True:
             signal.sigwait({signal.SIGUSR1})
-            log.info("stats: %s", current().lookups.stats())
+            log.info("stats: %s", current().stats())
 
     t = threading.Thread(target=wait, name="sigusr1", daemon=True)
     t.start()
@@ -427,7 +427,7 @@ class Worker:
                         "itself: connections in flight are cut off.  Send signals to the main "
                         "process (pid %d): it drains on SIGTERM, reloads on SIGHUP",
                         os.getpid(), os.getppid())
-        log.info("listgate stopped (%s)", ListgateMilter.engine.lookups.stats())
+        log.info("listgate stopped (%s)", ListgateMilter.engine.stats())
         ListgateMilter.engine.backend.close()
         return 0
 
@@ -446,7 +446,7 @@ class Worker:
                 if cmd == b"H":
                     self.reload()
                 elif cmd == b"U":
-                    log.info("stats: %s", ListgateMilter.engine.lookups.stats())
+                    log.info("stats: %s", ListgateMilter.engine.stats())
                 elif cmd == b"T":
                     self.stop(drain=True, why="SIGTERM")
                 elif cmd == b"I":
@@ -552,7 +552,7 @@ class Worker:
         ListgateMilter.connections.retire(old)
         check_backend(engine)
         log.info("SIGHUP: reloaded: mode=%s backend=%s; list, DNS and backend caches dropped "
-                 "(%s)", new.milter.mode, engine.backend.name, old.lookups.stats())
+                 "(%s)", new.milter.mode, engine.backend.name, old.stats())
 
     def _reopen_log(self, cfg: Config) -> None:
         try:

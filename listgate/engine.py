@@ -300,6 +300,13 @@ class Engine:
                 out.add(address)
         return frozenset(out)
 
+    def stats(self) -> str:
+        """Cache statistics, and the password checks, for the log (SIGUSR1, shutdown)."""
+        out = self.lookups.stats()
+        if self.passwords is not None:
+            out += f"; {self.passwords.stats()}"
+        return out
+
     def warm_up(self) -> None:
         """Learn which lists need the body before the first connection (at start-up and
         on reload), so that it is negotiated right from the start."""

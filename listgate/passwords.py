@@ -267,6 +267,17 @@ def verify_mailman2(password: str | bytes,
             or verify_mailman2_digest(password, secrets.password, admin=True))
 
 
+#: how listgate stores a Mailman 2 SHA-1 digest among a list's approval passwords
+SHA1_PREFIX = "{sha1}"
+
+
+def _is_stored_form(stored: Any) -> bool:
+    """A sequence of ``$N$...`` hashes and/or ``{sha1}HEX`` digests (listgate's form)."""
+    return (isinstance(stored, list | tuple) and not isinstance(stored, Mailman2Secrets)
+            and bool(stored) and all(isinstance(e, str) and e.startswith(("$", SHA1_PREFIX))
+                                     for e in stored))
+
+
 # -- the bounded checker ---------------------------------------------------------------
 
 
@@ -412,8 +423,13 @@ class PasswordChecker:
         (str or bytes; None = the list has none).  "mailman2": see
         :func:`verify_mailman2` (a :class:`Mailman2Secrets`, a sequence of
         ``mod_password, password, post_password``, or one digest); ok if any matches.
-        Never raises for what a message or a list can contain.
+        Either scheme also takes the form listgate's store and backends keep a list's
+        approval passwords in (``ListPolicy.approval_passwords``): a sequence of
+        passlib hashes (``$6$...``) and/or Mailman 2 digests (``{sha1}HEX``); ok if any
+        matches.  Never raises for what a message or a list can contain.
         """
+        if _is_stored_form(stored):
+            return self._check_stored(password, stored)
         self._count("checks")
         if scheme == "mailman2":
             return self._check_mailman2(password, stored)
@@ -534,6 +550,26 @@ class PasswordChecker:
             return self._answer(PasswordStatus.OK, f"{parsed.scheme} matches")
         self._wrong.put(key, False, self.cache_ttl)
         return self._answer(PasswordStatus.WRONG, f"{parsed.scheme} does not match")
+
+    def _check_stored(self, password: str | bytes, entries: Sequence[str]) -> PasswordResult:
+        """Each stored password in turn: ``{sha1}HEX`` digests directly (Mailman 2's
+        SHA-1, microseconds), the hashes through the bounded Mailman 3 check."""
+        digests = [e[len(SHA1_PREFIX):] for e in entries if e.startswith(SHA1_PREFIX)]
+        if digests:
+            first = self._check_mailman2(password, Mailman2Secrets(mod_password=digests[0]))
+            for d in digests[1:]:
+                if first.ok:
+                    break
+                first = self._check_mailman2(password, Mailman2Secrets(mod_password=d))
+            if first.ok:
+                return first
+        answers = [self.check(password, e, "mailman3") for e in entries
+                   if not e.startswith(SHA1_PREFIX)]
+        for status in (PasswordStatus.OK, PasswordStatus.BUSY, PasswordStatus.UNKNOWN):
+            found = next((a for a in answers if a.status is status), None)
+            if found is not None:
+                return found
+        return PasswordResult(PasswordStatus.WRONG, "no list password matches")
 
     def _check_mailman2(self, password: str | bytes, stored: Any) -> PasswordResult:
         """SHA-1/MD5/DES cost microseconds: checked directly, no cache, no bounds."""

@@ -439,3 +439,19 @@ def test_from_config() -> None:
 def test_config_refuses(key: str, value: str, error: str) -> None:
     with pytest.raises(config.ConfigError, match=rf"\[approved\] {key}: .*{error}"):
         config.parse(f"[approved]\n{key} = {value}\n")
+
+
+def test_the_stored_form_of_listgates_store_and_backends():
+    """``ListPolicy.approval_passwords``: passlib hashes and/or ``{sha1}HEX`` digests, as
+    the chain rules pass them; ok if any matches."""
+    import hashlib
+
+    checker = PasswordChecker(max_per_second=0)
+    sha1 = "{sha1}" + hashlib.sha1(b"mod").hexdigest()
+    other = "{sha1}" + hashlib.sha1(b"admin").hexdigest()
+    assert checker.check("admin", (sha1, other), "mailman2").status == "ok"
+    assert checker.check("mod", (sha1,), "mailman3").status == "ok"
+    assert checker.check("nope", (sha1, other), "mailman2").status == "wrong"
+    assert checker.check("s3cret-mod", (MM3_512,), "mailman3").status == "ok"
+    assert checker.check("s3cret-mod", (sha1, MM3_512), "mailman3").status == "ok"
+    assert checker.check("wrong", (MM3_512,), "mailman3").status == "wrong"
