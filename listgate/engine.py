@@ -911,7 +911,11 @@ class Session:
 
     def _context(self, list_address: str, senders: tuple[str, ...]) -> Context:
         eng = self.engine
-        return Context(passwords=eng.passwords, dmarc=eng.dmarc,
+        source = None
+        if self.ip is not None:
+            prefix = 24 if ipaddress.ip_address(self.ip).version == 4 else 64
+            source = str(ipaddress.ip_network(f"{self.ip}/{prefix}", strict=False))
+        return Context(passwords=eng.passwords, dmarc=eng.dmarc, source=source,
                        refuses=lambda v: self._map_verdict(list_address, v, senders).refuses)
 
     def _authenticated_verdict(self, list_address: str, facts: Any, post: Post) -> ListVerdict:

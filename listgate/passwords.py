@@ -60,6 +60,7 @@ import hmac
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -359,8 +360,10 @@ class _Flight:
 
 
 #: the counters :meth:`PasswordChecker.counters` reports
-COUNTERS = ("checks", "computed", "cache_hits", "joined", "busy_rate", "busy_wait",
-            "busy_joined", "unknown", "cheap", "ok", "wrong")
+COUNTERS = ("checks", "computed", "cache_hits", "joined", "busy_rate", "busy_source",
+            "busy_wait", "busy_joined", "unknown", "cheap", "ok", "wrong")
+#: per-client buckets remembered (least recently used ones are forgotten)
+SOURCES_KEPT = 4096
 
 
 class PasswordChecker:
@@ -397,6 +400,10 @@ class PasswordChecker:
         self._ok: TTLCache = TTLCache(cache_size, clock)
         self._wrong: TTLCache = TTLCache(cache_size, clock)
         self._bucket = _TokenBucket(max_per_second, burst, clock)
+        # one client (network) may use at most half the rate: a single flooding source
+        # cannot take every hash from a moderator posting from elsewhere
+        self._clock = clock
+        self._sources: OrderedDict[str, _TokenBucket] = OrderedDict()
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._lock = threading.Lock()
         self._inflight: dict[bytes, _Flight] = {}
@@ -416,20 +423,23 @@ class PasswordChecker:
     # -- the check
 
     def check(self, password: str | bytes, stored: Any,
-              scheme: str = "mailman3") -> PasswordResult:
+              scheme: str = "mailman3", source: str | None = None) -> PasswordResult:
         """Is ``password`` the list's moderator password, as ``scheme`` would decide?
 
         ``scheme`` "mailman3": ``stored`` is the list's ``moderator_password`` hash
         (str or bytes; None = the list has none).  "mailman2": see
         :func:`verify_mailman2` (a :class:`Mailman2Secrets`, a sequence of
         ``mod_password, password, post_password``, or one digest); ok if any matches.
+        ``source`` (the client's network) gets its own bucket at half the rate, so one
+        flooding client cannot use up every hash.
+
         Either scheme also takes the form listgate's store and backends keep a list's
         approval passwords in (``ListPolicy.approval_passwords``): a sequence of
         passlib hashes (``$6$...``) and/or Mailman 2 digests (``{sha1}HEX``); ok if any
         matches.  Never raises for what a message or a list can contain.
         """
         if _is_stored_form(stored):
-            return self._check_stored(password, stored)
+            return self._check_stored(password, stored, source)
         self._count("checks")
         if scheme == "mailman2":
             return self._check_mailman2(password, stored)
@@ -472,7 +482,7 @@ class PasswordChecker:
             return self._follow(flight)
         result: PasswordResult | None = None
         try:
-            result = self._compute(key, secret, parsed)
+            result = self._compute(key, secret, parsed, source)
             return result
         finally:
             flight.result = result or PasswordResult(PasswordStatus.BUSY, "check failed")
@@ -512,8 +522,30 @@ class PasswordChecker:
                             f"an identical check still running after {self.wait:g} s",
                             counter="busy_joined")
 
-    def _compute(self, key: bytes, secret: bytes, parsed: Mailman3Hash) -> PasswordResult:
+    def _source_bucket(self, source: str | None) -> _TokenBucket | None:
+        if source is None or self.max_per_second <= 0:
+            return None
+        with self._lock:
+            bucket = self._sources.get(source)
+            if bucket is None:
+                bucket = self._sources[source] = _TokenBucket(
+                    self.max_per_second / 2, max(1, self.burst // 2), self._clock)
+                while len(self._sources) > SOURCES_KEPT:
+                    self._sources.popitem(last=False)
+            self._sources.move_to_end(source)
+            return bucket
+
+    def _compute(self, key: bytes, secret: bytes, parsed: Mailman3Hash,
+                 source: str | None = None) -> PasswordResult:
+        mine = self._source_bucket(source)
+        if mine is not None and not mine.take():
+            return self._answer(PasswordStatus.BUSY,
+                                f"this client's share of the password hashes is used up "
+                                f"({self.max_per_second / 2:g} per second)",
+                                counter="busy_source")
         if not self._bucket.take():
+            if mine is not None:
+                mine.give_back()
             return self._answer(PasswordStatus.BUSY,
                                 f"more than {self.max_per_second:g} password hashes per "
                                 f"second (burst {self.burst})", counter="busy_rate")
@@ -526,6 +558,8 @@ class PasswordChecker:
                 self.waiting -= 1
         if not got:
             self._bucket.give_back()
+            if mine is not None:
+                mine.give_back()
             return self._answer(PasswordStatus.BUSY,
                                 f"no hash slot free within {self.wait:g} s "
                                 f"(max_concurrent {self.max_concurrent})", counter="busy_wait")
@@ -551,7 +585,8 @@ class PasswordChecker:
         self._wrong.put(key, False, self.cache_ttl)
         return self._answer(PasswordStatus.WRONG, f"{parsed.scheme} does not match")
 
-    def _check_stored(self, password: str | bytes, entries: Sequence[str]) -> PasswordResult:
+    def _check_stored(self, password: str | bytes, entries: Sequence[str],
+                      source: str | None = None) -> PasswordResult:
         """Each stored password in turn: ``{sha1}HEX`` digests directly (Mailman 2's
         SHA-1, microseconds), the hashes through the bounded Mailman 3 check."""
         digests = [e[len(SHA1_PREFIX):] for e in entries if e.startswith(SHA1_PREFIX)]
@@ -563,7 +598,7 @@ class PasswordChecker:
                 first = self._check_mailman2(password, Mailman2Secrets(mod_password=d))
             if first.ok:
                 return first
-        answers = [self.check(password, e, "mailman3") for e in entries
+        answers = [self.check(password, e, "mailman3", source) for e in entries
                    if not e.startswith(SHA1_PREFIX)]
         for status in (PasswordStatus.OK, PasswordStatus.BUSY, PasswordStatus.UNKNOWN):
             found = next((a for a in answers if a.status is status), None)
@@ -611,10 +646,11 @@ class PasswordChecker:
     def stats(self) -> str:
         """One line for the log."""
         c = self.counters()
-        busy = int(c["busy_rate"] + c["busy_wait"] + c["busy_joined"])
+        busy = int(c["busy_rate"] + c["busy_source"] + c["busy_wait"] + c["busy_joined"])
         return (f"passwords: checks={int(c['checks'])} computed={int(c['computed'])} "
                 f"cpu={c['cpu_seconds']:.2f}s cache_hits={int(c['cache_hits'])} "
                 f"joined={int(c['joined'])} busy={busy} (rate={int(c['busy_rate'])} "
+                f"client={int(c['busy_source'])} "
                 f"wait={int(c['busy_wait'])} joined={int(c['busy_joined'])}) "
                 f"ok={int(c['ok'])} wrong={int(c['wrong'])} unknown={int(c['unknown'])} "
                 f"mailman2={int(c['cheap'])}")

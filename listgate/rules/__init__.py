@@ -52,7 +52,8 @@ class Pass:
 class PasswordChecker(Protocol):
     """The bounded moderator-password check (:mod:`listgate.passwords`)."""
 
-    def check(self, password: str, stored: Any, scheme: str = "mailman3") -> Any: ...
+    def check(self, password: str, stored: Any, scheme: str = "mailman3",
+              source: str | None = None) -> Any: ...
 
 
 class DmarcChecker(Protocol):
@@ -70,6 +71,8 @@ class Context:
     #: would the engine refuse (4xx/5xx) this verdict?  ``approved`` spends a password
     #: hash only when the rest of the chain would refuse the post
     refuses: Callable[[Any], bool] = field(default=lambda verdict: verdict.action != "accept")
+    #: the client's network (its /24 or /64): the password checker's share is per source
+    source: str | None = None
 
 
 @dataclass

@@ -391,7 +391,7 @@ def approve(inp: Input) -> Any:
         checker = inp.ctx.passwords
         if checker is None:
             raise Unevaluable("no password checker configured")
-        result = checker.check(text, facts.approval_passwords, "mailman2")
+        result = checker.check(text, facts.approval_passwords, "mailman2", source=inp.ctx.source)
         if result.status == "ok":
             return Hit(f"list password in the {where}")
         if result.status == "busy":

@@ -186,7 +186,7 @@ def approved(inp: Input) -> Any:
         raise Unevaluable("no password checker configured")
     scheme = "mailman2" if all(h.startswith("{sha1}") for h in policy.approval_passwords) \
         else "mailman3"
-    result = checker.check(password, policy.approval_passwords, scheme)
+    result = checker.check(password, policy.approval_passwords, scheme, source=inp.ctx.source)
     if result.status == "ok":
         return Hit(f"moderator password in the {where}")
     if result.status == "busy":

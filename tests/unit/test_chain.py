@@ -37,7 +37,7 @@ class FakePasswords:
         self.status = status
         self.calls: list[str] = []
 
-    def check(self, password, stored, scheme="mailman3"):
+    def check(self, password, stored, scheme="mailman3", source=None):
         self.calls.append(password)
         return Answer(self.status or ("ok" if password == "secret" else "wrong"))
 

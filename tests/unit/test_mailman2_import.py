@@ -200,7 +200,8 @@ def test_pipeline_settings_are_imported_no_stricter(tmp_path: Path,
 
 
 class _Passwords:
-    def check(self, password: str, stored: Any, scheme: str = "mailman3") -> Any:
+    def check(self, password: str, stored: Any, scheme: str = "mailman3",
+              source: str | None = None) -> Any:
         ok = "{sha1}" + hashlib.sha1(password.encode()).hexdigest() in stored
         return type("R", (), {"status": "ok" if ok else "wrong", "reason": ""})()
 

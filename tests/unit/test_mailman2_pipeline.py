@@ -129,7 +129,8 @@ class Passwords:
         self.status = status
         self.calls: list[tuple[str, tuple[str, ...], str]] = []
 
-    def check(self, password: str, stored: Any, scheme: str = "mailman3") -> Answer:
+    def check(self, password: str, stored: Any, scheme: str = "mailman3",
+              source: str | None = None) -> Answer:
         self.calls.append((password, tuple(stored), scheme))
         if self.status:
             return Answer(self.status)

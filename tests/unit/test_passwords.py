@@ -455,3 +455,16 @@ def test_the_stored_form_of_listgates_store_and_backends():
     assert checker.check("s3cret-mod", (MM3_512,), "mailman3").status == "ok"
     assert checker.check("s3cret-mod", (sha1, MM3_512), "mailman3").status == "ok"
     assert checker.check("wrong", (MM3_512,), "mailman3").status == "wrong"
+
+
+def test_one_flooding_client_cannot_take_every_hash():
+    """Each client network gets half the rate: a flood from one source leaves hashes
+    for a moderator posting from another."""
+    checker = PasswordChecker(max_per_second=2, burst=4, verify=lambda p, h: p in ("ok", b"ok"),
+                              clock=Clock())
+    flood = [checker.check(f"guess{i}", MM3_512, "mailman3", source="203.0.113.0/24")
+             for i in range(10)]
+    assert [r.status for r in flood].count("busy") == 8  # its share: burst 4 // 2
+    assert "this client's share" in flood[-1].reason
+    moderator = checker.check("ok", MM3_512, "mailman3", source="198.51.100.0/24")
+    assert moderator.status == "ok"
