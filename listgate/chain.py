@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from listgate.compat32 import NotRead, Unevaluable, Unseen
+from listgate.compat32 import MailmanFails, NotRead, Unevaluable, Unseen
 from listgate.model import MAILMAN2_GLOBAL_PIPELINE, ListFacts, Mailman2Facts
 from listgate.post import Post
 from listgate.rules import Busy, Context, Hit, Input, Pass
@@ -70,7 +70,7 @@ class Link:
 
 def _crash(what: str) -> Callable[[Input], Any]:
     def check(inp: Input) -> Any:
-        raise Unevaluable(what)
+        raise MailmanFails(what)
 
     return check
 
@@ -219,6 +219,8 @@ class _Walk:
                 inp.rest = functools.partial(self._rest, links[i + 1:], rest)
             try:
                 result = link.check(inp)
+            except MailmanFails as e:
+                return self._undecided(link, f"Mailman would fail on it: {e}")
             except Unevaluable as e:
                 if link.accepts:
                     return self._undecided(link, str(e))
@@ -227,13 +229,11 @@ class _Walk:
                 result = None
             except Busy as e:
                 return ListVerdict("tempfail", rule=link.rule, reasons=(str(e),))
-            except Exception as e:  # noqa: BLE001 - what Mailman would crash on (a regexp
-                # Python cannot run, say) must not take the post down: as if unevaluable
-                why = f"{type(e).__name__}: {e}"
-                if link.accepts:
-                    return self._undecided(link, why)
-                self.notes.append(f"{link.rule} not evaluated: {why}")
-                result = None
+            except Exception as e:  # noqa: BLE001 - the rule runs Mailman's own code: what
+                # raises here (a regexp Python cannot run, a header a rule cannot read)
+                # raises in Mailman too, which shunts the post
+                return self._undecided(link, f"Mailman would fail on it: "
+                                             f"{type(e).__name__}: {e}")
             if isinstance(result, ListVerdict):
                 return result
             if isinstance(result, Pass):

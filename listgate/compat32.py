@@ -26,6 +26,12 @@ class Unevaluable(Exception):
     body was not read, or was cut at ``max_body_bytes``).  Never a reason to refuse."""
 
 
+class MailmanFails(Unevaluable):
+    """Mailman itself would raise on this post (an undecodable header, a value its rule
+    cannot handle): its runner shunts the post, for the site admin.  Whatever the link,
+    the verdict is then undecided and the post goes on to the list manager."""
+
+
 class Unseen(Unevaluable):
     """The rule reads a header an MTA adds after listgate saw the message (the MTA's own
     Received line): it can be judged only where what we see already decides."""
@@ -63,8 +69,8 @@ def decoded(value: str | Header) -> str:
     try:
         return str(make_header(decode_header(value)))
     except Exception as e:  # noqa: BLE001 - whatever the email package raises, Mailman would too
-        raise Unevaluable(f"undecodable header {str(value)[:60]!r}: "
-                          f"{type(e).__name__}: {e}") from None
+        raise MailmanFails(f"undecodable header {str(value)[:60]!r}: "
+                           f"{type(e).__name__}: {e}") from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -81,7 +87,7 @@ def header_addresses(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
         try:
             pairs = email.utils.getaddresses([text])
         except Exception as e:  # noqa: BLE001 - Mailman's property would raise the same
-            raise Unevaluable(f"unparsable {name} header: {type(e).__name__}: {e}") from None
+            raise MailmanFails(f"unparsable {name} header: {type(e).__name__}: {e}") from None
         out.extend(a.lower() for _n, a in pairs)
     return tuple(out)
 

@@ -22,7 +22,7 @@ from email.message import Message
 from email.utils import getaddresses
 from typing import Any
 
-from listgate.compat32 import NotRead, Unevaluable, Unseen, decoded
+from listgate.compat32 import MailmanFails, NotRead, Unevaluable, Unseen, decoded
 from listgate.model import NONMEMBER_LISTS, HeaderMatch, ListFacts, SenderFacts
 from listgate.post import Post
 from listgate.rules import Busy, Hit, Input, Pass
@@ -80,8 +80,19 @@ def lmtp_defects(inp: Input) -> Hit | None:
 
 
 def autorespond(inp: Input) -> Hit | None:
-    """``runners/incoming.py``: ``autorespond_postings = respond_and_discard``."""
-    if inp.policy.autorespond_postings == "respond_and_discard":
+    """``runners/incoming.py``: ``autorespond_postings = respond_and_discard``.
+
+    Before that, the replybot (``handlers/replybot.py``) answers posts unless X-Ack is
+    "no" or Precedence is bulk, junk or list (without "X-Ack: yes"); it creates an
+    address for ``msg.sender`` first, which fails for a post without a valid sender."""
+    post, action = inp.post, inp.policy.autorespond_postings
+    if action != "none":
+        ack = post.get("x-ack", "").lower()
+        precedence = post.get("precedence", "").lower()
+        replies = not (ack == "no" or (ack != "yes" and precedence in ("bulk", "junk", "list")))
+        if replies and not post.sender:
+            raise MailmanFails("the autoresponder fails on a post without a valid sender")
+    if action == "respond_and_discard":
         return Hit("autorespond_postings respond_and_discard: list post replied and "
                    "discarded", notice="This list does not accept posts")
     return None
@@ -169,6 +180,10 @@ def approved(inp: Input) -> Any:
     password: str | Header | None = None
     if header is not None:
         password, where = post.get(header), f"{header.title()} header"
+        if not isinstance(password, str):
+            # a Header object (non-ASCII bytes): passlib's verify raises on it, and the
+            # incoming runner shunts the post, whatever the rest of the chain says
+            raise MailmanFails(f"Mailman fails on the non-ASCII password in the {where}")
         inp.post = post.without(APPROVE_HEADERS)
     rest = inp.rest()
     if not inp.ctx.refuses(rest):
@@ -177,10 +192,6 @@ def approved(inp: Input) -> Any:
         password, where = body_approve_line(inp), "first line of the body"
         if password is None:
             return None
-    if not isinstance(password, str):
-        # a Header object (non-ASCII bytes): passlib's verify raises on it, and the
-        # incoming runner shunts the post
-        raise Unevaluable(f"Mailman fails on the non-ASCII password in the {where}")
     checker = inp.ctx.passwords
     if checker is None:
         raise Unevaluable("no password checker configured")
@@ -201,7 +212,7 @@ def loop(inp: Input) -> Hit | None:
     try:
         posts = {v.strip().lower() for v in inp.post.get_all("list-post")}
     except AttributeError:
-        raise Unevaluable("Mailman fails on a non-ASCII List-Post header") from None
+        raise MailmanFails("Mailman fails on a non-ASCII List-Post header") from None
     if inp.policy.address in posts:
         return Hit("Message has already been posted to this list",
                    notice="Message has already been posted to this list")

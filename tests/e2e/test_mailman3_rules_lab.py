@@ -1045,12 +1045,19 @@ EXPECT = {"accept": "accept", "hold": "hold", "reject": "reject", "discard": "di
           "autorespond-discard": "discard", "lmtp-501": "reject", "shunt": "accept"}
 
 #: what listgate cannot know at SMTP time (README, "What listgate can and cannot
-#: predict"): case-name prefixes and why.  For these, listgate must accept.
+#: predict"): case-name prefixes and why.  For these listgate may answer otherwise,
+#: but never refuse a post Mailman takes.
 UNKNOWABLE = {
     "lmtp: a 1000-byte line": "aiosmtpd's line limit: an MTA delivering to Mailman "
                               "wraps long lines, the lab's LMTP client does not",
     "lmtp: bare LF line endings, over 1000 bytes": "the same line limit",
     "suspicious-header:": "bounce_matching_headers is not in Mailman 3's REST API",
+    # a header section no MTA passes on as it stands: Postfix ends the headers at the
+    # first line that is not a header, so Mailman behind it sees another message
+    "lmtp: 'From ' line in the middle of the headers": "a malformed header section",
+    "lmtp: a non-header line among the headers": "a malformed header section",
+    "lmtp: first header line is a continuation": "a malformed header section",
+    "lmtp: header name with a space": "a malformed header section",
 }
 
 
@@ -1086,6 +1093,10 @@ def test_listgate_predicts_every_lab_post(lab, tmp_path):
         _run(lab, corpus, title)
     rest = (f"[mailman3]\nurl = {lab.rest_url}\nuser = {lab.admin_user}\n"
             f"password = {lab.admin_pass}\n")
+    # the password bound is measured elsewhere (bench/passwords.py, test_passwords.py):
+    # here every check is computed, so that the verdicts can be compared
+    unbounded = "[approved]\nmax_per_second = 0\n"
+    rest += unbounded
     strict = "[lists]\nmember_hold_action = reject\n"
     store = tmp_path / "lab.db"
     cfg_store = f"[sqlite]\npath = {store}\n{rest}{strict}"
@@ -1110,7 +1121,8 @@ def test_listgate_predicts_every_lab_post(lab, tmp_path):
         marks = []
         for k in ("mm3", "store"):
             verdict = got[k]["list_verdict"] or "accept"
-            ok = (verdict == want if why_not is None else verdict == "accept")
+            ok = verdict == want or (why_not is not None and (
+                verdict == "accept" or mailman not in ("accept", "shunt")))
             if mailman == "shunt":
                 ok = ok and got[k]["list_undecided"]
             if not ok:
@@ -1127,3 +1139,7 @@ def test_listgate_predicts_every_lab_post(lab, tmp_path):
         e.backend.close()
     print(f"\n== listgate against the lab: {len(rows)} posts\n" + "\n".join(rows))
     assert not bad, bad
+    # every kind of outcome was compared, and the unknowables stay few
+    kinds = {r.decision.action for r in RESULTS.values() if r.decision}
+    assert set(EXPECT) <= kinds, kinds
+    assert len(rows) >= 250 and sum(_unknowable(n) is not None for n in RESULTS) <= 10
