@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -256,3 +257,83 @@ def test_rest_server_error_is_a_backend_error(tmp_path):
             b.find_list("dev@mm3.test")
     finally:
         srv.shutdown()
+
+
+# -- the issue's lost posts, through the real Postfix, checked with the real Mailman ------
+
+CHAIN_LIST = "chain@mm3.test"
+PW = "mod-s3cret"
+
+
+def _mailman_outcome(m: Mailman3, raw: bytes, mail_from: str) -> str:
+    """What Mailman does with these very bytes (as the MTA delivered them, CRLF)."""
+    data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    mid = m.post(data, mail_from, CHAIN_LIST)
+    return m.outcome(mid)
+
+
+def test_posts_mailman_accepts_pass_and_what_it_refuses_is_refused_through_postfix(
+        dns_factory, smtp_sink, postfix_factory, mailman3):
+    """Through a real Postfix with listgate (mailman3 backend) as its milter: the posts
+    the issue lost (a moderator's Approved: password, a header rule that accepts, an RFC
+    2047 encoded member) are accepted, and Mailman accepts the copy Postfix delivered;
+    posts Mailman discards (a header rule, a loop, an encoded banned address) get 550
+    with Mailman's reason, and Mailman would discard them indeed."""
+    m = mailman3
+    m.create_list(CHAIN_LIST)
+    m.subscribe(CHAIN_LIST, "member@y.test")
+    m.configure(CHAIN_LIST, moderator_password=PW)
+    m.add_header_match(CHAIN_LIST, "X-Git-Module", "^core$", "accept")
+    m.add_header_match(CHAIN_LIST, "X-Spam-Flag", "^yes", "discard")
+    m.ban("troll@y.test", CHAIN_LIST)
+    dns = dns_factory(txt={"y.test": "v=spf1 ip4:127.0.0.0/8 -all"})
+    d = ListgateDaemon(nameservers=dns.nameservers, config=(
+        "[network]\ninternal_connect = 127.0.0.1/32\n"
+        "[lists]\nbackend = mailman3\n"
+        f"[mailman3]\nurl = {m.rest_url}\nuser = {m.admin_user}\n"
+        f"password = {m.admin_pass}\n")).start()
+    enc_member = "=?utf-8?b?" + base64.b64encode(b"member@y.test").decode() + "?="
+    enc_troll = "=?utf-8?q?troll=40y=2Etest?="
+    accepted = [
+        ("moderator's Approved: header", "mod@elsewhere.test", (("Approved", PW),), "hi"),
+        ("moderator's password on the first body line", "mod@elsewhere.test", (),
+         f"Approved: {PW}\n\nThe announcement.\n"),
+        ("header rule that accepts", "bot@ci.test", (("X-Git-Module", "core"),), "hi"),
+        ("RFC 2047 encoded member address", enc_member, (), "hi"),
+    ]
+    refused = [
+        ("header rule that discards", "member@y.test", (("X-Spam-Flag", "yes"),),
+         'chain@mm3.test: Header "x-spam-flag" matched a header rule', "discard"),
+        ("a loop", "member@y.test", (("List-Post", CHAIN_LIST),),
+         "chain@mm3.test: Message has already been posted to this list", "discard"),
+        ("encoded banned address", enc_troll, (), None, "discard"),
+        ("wrong password", "mod@elsewhere.test", (("Approved", "guess"),), None, "hold"),
+    ]
+    try:
+        mta = postfix_factory(milter=d.postfix_milter, relay_domains=["mm3.test"])
+        for name, frm, headers, body in accepted:
+            envelope = "bounce@y.test"
+            msg = infra.make_message(from_=frm, to=CHAIN_LIST, subject=name,
+                                     headers=headers, body=body)
+            r = infra.smtp_transaction("127.0.0.1", mta.port, helo="mail.y.test",
+                                       mail_from=envelope, rcpts=[CHAIN_LIST], message=msg,
+                                       source_ip="127.0.0.2")
+            assert r.data.code == 250, (name, r.steps())
+            copy = delivered(smtp_sink, msg)
+            assert _mailman_outcome(m, copy.raw, envelope) == "accept", name
+        for name, frm, headers, text, mailman_does in refused:
+            msg = infra.make_message(from_=frm, to=CHAIN_LIST, subject=name, headers=headers)
+            r = infra.smtp_transaction("127.0.0.1", mta.port, helo="mail.y.test",
+                                       mail_from="bounce@y.test", rcpts=[CHAIN_LIST],
+                                       message=msg, source_ip="127.0.0.2")
+            assert r.data.code == 550 and str(r.data).startswith("550 5.7.2 "), (name, r.steps())
+            if text is not None:
+                assert str(r.data) == f"550 5.7.2 {text}", name
+            assert not_delivered(smtp_sink, msg)
+            assert _mailman_outcome(m, msg, "bounce@y.test") == mailman_does, name
+        log = d.log_text()
+        assert "rule=approved" in log and "rule=header-match-chain.mm3.test-0" in log
+        assert "rule=loop" in log and "rule=banned-address" in log
+        assert "Traceback" not in log
+    finally:
+        d.close()
