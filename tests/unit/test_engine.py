@@ -13,7 +13,7 @@ import pytest
 
 from listgate import config
 from listgate.engine import CONTINUE, REJECT, TEMPFAIL, Engine, Session
-from listgate.model import Backend, BackendError, ListFacts, ListPolicy, SenderFacts
+from listgate.model import Backend, BackendError, HeaderMatch, ListFacts, ListPolicy, SenderFacts
 from listgate.spfcheck import SpfResult
 
 LIST = "dev@lists.test"
@@ -558,3 +558,20 @@ def test_with_the_default_refusal_max_age_a_young_cached_answer_is_used() -> Non
     calls = b.calls
     assert post(external(engine), "new@x.org").decision.action == REJECT
     assert b.calls == calls, "a refusal within refusal_max_age (5 s) of the answer reuses it"
+
+
+def test_a_header_rule_on_x_listgate_trusted_sees_the_header_listgate_adds() -> None:
+    # the README's suggestion: a Mailman header_matches rule "x-listgate-trusted:
+    # ^submission=" accept.  The list manager sees the header listgate adds, so the
+    # chain must see it too (and never a forged incoming one, which is removed)
+    b = DictBackend()
+    b.policies[LIST] = ListPolicy(LIST, header_matches=(
+        HeaderMatch("x-listgate-trusted", "^submission=", "accept"),))
+    engine, _, _ = make(TRUST + "trusted_path_action = reject\n", backend=b)
+    hdr = "from smtp.x.org (smtp.x.org [198.51.100.5]) by relay.x.org (Postfix) with ESMTPS"
+    _s, r = trusted_post(engine, [hdr, SUBMITTED])
+    assert r.decision.action == CONTINUE
+    assert "rule=header-match-dev.lists.test-0" in r.decision.reasons[0]
+    # an untrusted path gets no such header: the nonmember is refused
+    _s, r = trusted_post(engine, ["from evil (evil [203.0.113.8]) by relay.x.org"])
+    assert r.decision.action == REJECT
