@@ -60,6 +60,7 @@ import random
 import re
 import resource
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -81,7 +82,7 @@ from milterclient import Conversation, Message, Reply  # noqa: E402
 
 LIST = "list@lists.test"
 LIST_ID = "list.lists.test"
-SPF = "v=spf1 ip4:192.0.2.0/24 -all"
+SPF = "v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all"
 HELO = "mail.bench.test"
 DNS_TXT = {"members.test": SPF, "strangers.test": SPF, "other.test": SPF, HELO: SPF}
 LISTGATE_CONFIG = ("[network]\ninternal_connect = 127.0.0.254/32\n"
@@ -427,6 +428,34 @@ def listgate_sqlite(dns: infra.DnsServer, members: int) -> tuple[Listgate, float
     return Listgate(dns, f"[sqlite]\npath = {db}\n"), built
 
 
+#: the moderator password of the list in the "body" configuration, and its hash as
+#: Mailman 3 makes it (sha512_crypt, 656000 rounds)
+MOD_PASSWORD = "bench-moderator"
+_MOD_HASH: list[str] = []
+
+
+def listgate_sqlite_body(dns: infra.DnsServer, members: int, workdir: Path,
+                         extra: str = "") -> Listgate:
+    """listgate on a copy of the *members* store whose list needs the body: a moderator
+    password (its first-line form) and a header rule, as a list that uses Approved:
+    and header_matches is configured."""
+    from passlib.hash import sha512_crypt
+
+    from listgate.backends.sqlite import SqliteStore
+
+    src, _ = sqlite_db(members)
+    db = workdir / f"body-{members}.db"
+    shutil.copyfile(src, db)
+    if not _MOD_HASH:
+        _MOD_HASH.append(sha512_crypt.hash(MOD_PASSWORD))
+    store = SqliteStore(str(db))
+    store.set_list_option(LIST, "approval_passwords", _MOD_HASH)
+    store.set_list_option(LIST, "header_matches", [
+        {"header": "x-bench-accept", "pattern": "^yes$", "action": "accept"}])
+    store.close()
+    return Listgate(dns, f"[sqlite]\npath = {db}\n" + extra)
+
+
 # --------------------------------------------------------------------------- Mailman 3
 
 
@@ -493,10 +522,13 @@ def part_protocol(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path)
     out: dict[str, Any] = {"mix": dict(zip(KINDS, args.mix_weights, strict=True)),
                            "per_connection": args.per_connection, "socket": "unix",
                            "members": 10000, "results": {}}
-    for name in ("listgate-sqlite", "callbacks-pymilter", "minimal-pymilter"):
+    for name in ("listgate-sqlite", "listgate-sqlite-body", "callbacks-pymilter",
+                 "minimal-pymilter"):
         milter: Listgate | Minimal
         if name == "listgate-sqlite":
             milter, _ = listgate_sqlite(dns, 10000)
+        elif name == "listgate-sqlite-body":
+            milter = listgate_sqlite_body(dns, 10000, workdir)
         elif name == "callbacks-pymilter":
             milter = Callbacks(workdir)
         else:
@@ -520,6 +552,130 @@ def part_protocol(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path)
             out["results"][name] = res
         finally:
             milter.close()
+    return out
+
+
+#: what a flood guess may get: refused once its hash said "wrong", or deferred past the
+#: [approved] bounds
+_WRONG = REJECT_TEXT
+_BUSY = "451 4.3.0 Temporary failure checking the post to"
+
+
+def part_approval(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> dict:
+    """Part 5: the bounded moderator-password check under a flood of wrong passwords.
+
+    listgate on the 1e4 list with a moderator password (sha512_crypt, 656000 rounds)
+    and the [approved] defaults.  ``--approval-flood`` conversations from 192.0.2.x
+    send nonmember posts with a new wrong ``Approved:`` password each, as fast as they
+    are answered, for ``--approval-seconds``; meanwhile a moderator (a nonmember address
+    at 198.51.100.7) posts with the right password every second, and one member keeps
+    posting.  Reported: flood answers (550 after a hash, 451 past a bound), the
+    moderator's answers (accepted or 451, never 550) and latency, the member's latency
+    before and during the flood, the daemon's CPU, and its password counters.
+    """
+    milter = listgate_sqlite_body(dns, 10000, workdir)
+    traffic = Traffic(10000, seed=7)
+    stop = threading.Event()
+    lock = threading.Lock()
+    flood = {"sent": 0, "wrong_550": 0, "busy_451": 0, "other": []}
+    moderator = {"sent": 0, "accepted": 0, "busy_451": 0, "other": [], "ms": []}
+    member_ms: dict[str, list[float]] = {"before": [], "during": []}
+    guesses = itertools.count(1)
+
+    def post(m: Message, client_ip: str) -> tuple[Reply, float]:
+        t: dict[str, list[float]] = {s: [] for s in ("connect", "mail", "rcpt", "eom")}
+        t0 = time.perf_counter()
+        conv = Conversation(milter.address, t, client_ip=client_ip)
+        r = conv.send(m)
+        conv.close()
+        return r, time.perf_counter() - t0
+
+    def with_approved(m: Message, password: str) -> Message:
+        m.headers.append(("Approved", password))
+        return m
+
+    def flooder() -> None:
+        while not stop.is_set():
+            m = with_approved(traffic.message("nonmember"), f"guess-{next(guesses)}")
+            r, _ = post(m, "192.0.2.66")
+            with lock:
+                flood["sent"] += 1
+                if r.smtp.startswith(_WRONG):
+                    flood["wrong_550"] += 1
+                elif r.smtp.startswith(_BUSY):
+                    flood["busy_451"] += 1
+                else:
+                    flood["other"].append(r.smtp)
+
+    def moderate() -> None:
+        while not stop.wait(1.0):
+            m = traffic.message("nonmember")
+            m.headers[0] = ("From", "Moderator <announce@strangers.test>")
+            r, sec = post(with_approved(m, MOD_PASSWORD), "198.51.100.7")
+            with lock:
+                moderator["sent"] += 1
+                moderator["ms"].append(sec)
+                if r.smtp == "accept":
+                    moderator["accepted"] += 1
+                elif r.smtp.startswith(_BUSY):
+                    moderator["busy_451"] += 1
+                else:
+                    moderator["other"].append(r.smtp)
+
+    def member(phase: str, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            r, sec = post(traffic.message("member"), "192.0.2.10")
+            if r.smtp != "accept":
+                raise BenchError(f"a member post got {r.smtp!r} during the flood")
+            member_ms[phase].append(sec)
+
+    try:
+        member("before", 3.0)
+        cpu0, t0 = cpu_seconds(milter.pid), time.perf_counter()
+        threads = [threading.Thread(target=flooder) for _ in range(args.approval_flood)]
+        threads.append(threading.Thread(target=moderate))
+        for th in threads:
+            th.start()
+        try:
+            member("during", args.approval_seconds)
+        finally:
+            stop.set()
+            for th in threads:
+                th.join()
+        seconds = time.perf_counter() - t0
+        cpu = cpu_seconds(milter.pid) - cpu0
+        mark = milter.log_mark()
+        os.kill(milter.pid, signal.SIGUSR1)
+        stats = ""
+        deadline = time.monotonic() + 10
+        while "passwords:" not in stats and time.monotonic() < deadline:
+            time.sleep(0.1)
+            stats = milter.d.log_text(mark)
+    finally:
+        milter.close()
+    if flood["other"] or moderator["other"]:
+        raise BenchError(f"unexpected answers: flood {flood['other'][:3]}, "
+                         f"moderator {moderator['other'][:3]}")
+    counters = dict(re.findall(r"\b(computed|cache_hits|busy|ok|wrong)=(\d+)",
+                               stats.partition("passwords:")[2]))
+    out = {
+        "seconds": round(seconds, 1), "flood_conversations": args.approval_flood,
+        "flood": {k: v for k, v in flood.items() if k != "other"},
+        "flood_per_s": round(flood["sent"] / seconds, 1),
+        "moderator": {"sent": moderator["sent"], "accepted": moderator["accepted"],
+                      "busy_451": moderator["busy_451"],
+                      "p50_ms": pct(moderator["ms"], 0.5), "max_ms": pct(moderator["ms"], 1.0)},
+        "member_p50_ms": {k: pct(v, 0.5) for k, v in member_ms.items()},
+        "member_p99_ms": {k: pct(v, 0.99) for k, v in member_ms.items()},
+        "member_posts": {k: len(v) for k, v in member_ms.items()},
+        "daemon_cpu_cores": round(cpu / seconds, 2),
+        "password_counters": {k: int(v) for k, v in counters.items()},
+    }
+    log(f"approval flood: {out['flood_per_s']} guesses/s, {flood['wrong_550']} hashed (550), "
+        f"{flood['busy_451']} deferred (451); moderator {moderator['accepted']}/"
+        f"{moderator['sent']} accepted, {moderator['busy_451']} deferred; member p99 "
+        f"{out['member_p99_ms']} ms; daemon {out['daemon_cpu_cores']} cores")
     return out
 
 
@@ -639,7 +795,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--growth-messages", type=int, default=100000, help="part 4 (0 = skip)")
     g.add_argument("--growth-samples", type=int, default=20, help="part 4: slices")
     g.add_argument("--growth-concurrency", type=int, default=10)
-    g.add_argument("--parts", default="protocol,scale,growth")
+    g.add_argument("--approval-seconds", type=float, default=20.0,
+                   help="part 5: length of the flood of wrong Approved: passwords")
+    g.add_argument("--approval-flood", type=int, default=10,
+                   help="part 5: conversations sending wrong passwords")
+    g.add_argument("--parts", default="protocol,scale,growth,approval,chain")
 
 
 def _finish_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -647,6 +807,7 @@ def _finish_args(args: argparse.Namespace) -> argparse.Namespace:
         args.concurrency, args.protocol_messages = "1,10", 300
         args.sizes, args.cold, args.warm = "100,10000", 200, 300
         args.growth_messages, args.growth_samples = 2000, 4
+        args.approval_seconds = 5.0
     args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x]
     args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
     args.mix_weights = tuple(float(x) for x in args.mix.split(","))
@@ -683,6 +844,16 @@ def run_all(args: argparse.Namespace, dns: infra.DnsServer | None = None) -> dic
             t0 = time.monotonic()
             out["scale"]["growth"] = part_growth(args, dns)
             timing["growth_s"] = round(time.monotonic() - t0, 1)
+        if "approval" in args.parts:
+            t0 = time.monotonic()
+            out["approval"] = part_approval(args, dns, workdir)
+            timing["approval_s"] = round(time.monotonic() - t0, 1)
+        if "chain" in args.parts:
+            import chain as chain_bench
+
+            t0 = time.monotonic()
+            out["chain"] = chain_bench.run(quick=args.quick)
+            timing["chain_s"] = round(time.monotonic() - t0, 1)
     finally:
         if own_dns:
             dns.stop()

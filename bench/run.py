@@ -89,7 +89,7 @@ STRANGER = "stranger@strangers.test"
 NOLIST_FROM, NOLIST_TO = "u1@other.test", "someone@elsewhere.test"
 HELO = protocol.HELO
 #: smtpload's 127.0.0.1 (part 1) and protocol's 192.0.2.x (parts 2-4) both pass
-SPF = "v=spf1 ip4:127.0.0.0/8 ip4:192.0.2.0/24 -all"
+SPF = "v=spf1 ip4:127.0.0.0/8 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all"
 MSG_SIZE = 2048
 KINDS = ("member", "nonmember", "nolist")
 CONFIGS = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                              client_ip=ip, helo=args.helo, mail_from=args.mail_from,
                              rcpts=args.rcpt, auth=args.auth, message=message)
     finally:
-        engine.backend.close()
+        engine.close()
     json.dump(result, sys.stdout, ensure_ascii=True)
     sys.stdout.write("\n")
     return 0

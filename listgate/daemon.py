@@ -428,7 +428,7 @@ class Worker:
                         "process (pid %d): it drains on SIGTERM, reloads on SIGHUP",
                         os.getpid(), os.getppid())
         log.info("listgate stopped (%s)", ListgateMilter.engine.stats())
-        ListgateMilter.engine.backend.close()
+        ListgateMilter.engine.close()
         return 0
 
     # -- control

@@ -300,6 +300,14 @@ class Engine:
                 out.add(address)
         return frozenset(out)
 
+    def close(self) -> None:
+        """Release what the engine holds: the backend's connections, the hash workers."""
+        try:
+            self.backend.close()
+        finally:
+            if self.passwords is not None:
+                self.passwords.close()
+
     def stats(self) -> str:
         """Cache statistics, and the password checks, for the log (SIGUSR1, shutdown)."""
         out = self.lookups.stats()

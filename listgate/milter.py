@@ -85,7 +85,7 @@ class Connections:
                 done = self._retired.pop(id(engine), None)
             self._cond.notify_all()
         if done is not None:
-            _close_backend(done)
+            _close_engine(done)
 
     def retire(self, engine: Engine) -> None:
         """``engine`` takes no new connections: close its backend when it is idle."""
@@ -93,7 +93,7 @@ class Connections:
             if self._open.get(id(engine)):
                 self._retired[id(engine)] = engine
                 return
-        _close_backend(engine)
+        _close_engine(engine)
 
     def count(self) -> int:
         with self._cond:
@@ -106,11 +106,11 @@ class Connections:
             return sum(self._open.values())
 
 
-def _close_backend(engine: Engine) -> None:
+def _close_engine(engine: Engine) -> None:
     try:
-        engine.backend.close()
+        engine.close()
     except Exception:  # best effort, in a libmilter thread
-        log.exception("closing the %s backend of a replaced configuration failed",
+        log.exception("closing the %s backend or hash workers of a replaced configuration failed",
                       engine.backend.name)
 
 

@@ -20,7 +20,10 @@ class FakeBackend:
 
 
 def engine() -> SimpleNamespace:
-    return SimpleNamespace(backend=FakeBackend())
+    """What Connections needs of an Engine: its backend, and close() (backend and hash
+    workers), which is what retiring calls."""
+    backend = FakeBackend()
+    return SimpleNamespace(backend=backend, close=backend.close)
 
 
 def test_retired_engine_backend_closed_when_its_last_connection_ends():

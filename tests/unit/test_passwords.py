@@ -468,3 +468,24 @@ def test_one_flooding_client_cannot_take_every_hash():
     assert "this client's share" in flood[-1].reason
     moderator = checker.check("ok", MM3_512, "mailman3", source="198.51.100.0/24")
     assert moderator.status == "ok"
+
+
+def test_hashes_run_in_a_worker_process_and_a_dead_worker_is_replaced():
+    """The default checker computes sha512_crypt in a spawned process (the GIL stays
+    free for the milter's threads); a killed worker costs no answer."""
+    import os
+    import signal
+
+    checker = PasswordChecker(max_per_second=0)
+    try:
+        assert checker.check("s3cret-mod", MM3_512).status == "ok"
+        pool = checker._workers._pool
+        pids = list(pool._processes)
+        assert pids and os.getpid() not in pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert checker.check("wrong", MM3_512).status == "wrong"  # answered anyway
+        assert checker.check("other", MM3_512).status == "wrong"  # on a new worker
+        assert checker.counters()["cpu_seconds"] > 0
+    finally:
+        checker.close()
