@@ -915,6 +915,25 @@ def report(out: dict) -> None:
         for x in g["samples"]:
             print(f"{x['messages']:>9}{x['verdicts_per_s']:>12.1f}{x['rss_mb']:>8.1f}"
                   f"{x['daemon_cpu_ms_per_verdict']:>10.2f}")
+    a = out.get("approval")
+    if a:
+        f, m = a["flood"], a["moderator"]
+        print(f"\nPart 5, a flood of wrong Approved: passwords ({a['flood_conversations']} "
+              f"conversations, {a['seconds']} s, sha512_crypt 656000 rounds, [approved] "
+              "defaults)")
+        print(f"flood: {a['flood_per_s']} guesses/s, {f['wrong_550']} hashed -> 550, "
+              f"{f['busy_451']} past the bound -> 451; daemon {a['daemon_cpu_cores']} cores")
+        print(f"moderator (right password, every second): {m['accepted']}/{m['sent']} "
+              f"accepted, {m['busy_451']} deferred (451), p50 {m['p50_ms']} ms, max "
+              f"{m['max_ms']} ms")
+        print(f"a member meanwhile: p50/p99 {a['member_p50_ms']['before']}/"
+              f"{a['member_p99_ms']['before']} ms before, {a['member_p50_ms']['during']}/"
+              f"{a['member_p99_ms']['during']} ms during; counters {a['password_counters']}")
+    c = out.get("chain")
+    if c:
+        import chain as chain_bench
+
+        print("\n" + chain_bench.report(c))
     if "seconds" in s:
         print(f"\ntime: {s['seconds']}")
 

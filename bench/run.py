@@ -573,7 +573,7 @@ def main() -> int:
                          "loopback route (changed for the run, then restored)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     protocol.add_arguments(ap)
-    ap.set_defaults(parts="mta,protocol,scale,growth")
+    ap.set_defaults(parts="mta,protocol,scale,growth,approval,chain")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/run.py must run as root (it starts private servers)", file=sys.stderr)
@@ -602,7 +602,8 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     out = {"runs": mta.get("runs", {}), "scale": other.get("scale") or {},
-           "protocol": other.get("protocol"), "machine": machine()}
+           "protocol": other.get("protocol"), "approval": other.get("approval"),
+           "chain": other.get("chain"), "machine": machine()}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     extra = {
         "part1_per_point": mta.get("details"),
@@ -622,7 +623,7 @@ def main() -> int:
     Path(args.out).with_suffix(".details.json").write_text(json.dumps(extra, indent=2) + "\n")
     if mta:
         print_mta_table(mta, args.reps)
-    if other.get("protocol") or other.get("scale"):
+    if other.get("protocol") or other.get("scale") or other.get("approval"):
         protocol.report(other)
     print(f"total run time {elapsed:.0f} s; results written to {args.out}")
     return 0
