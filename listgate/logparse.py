@@ -82,7 +82,14 @@ _REASONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     ))
 #: the list verdicts a summary can carry (verdict.py), used as the reason name
 _VERDICT_NAMES = frozenset({"accept", "reject", "discard", "hold(member)", "hold(nonmember)",
-                            "hold"})
+                            "hold", "tempfail"})
+
+
+def rule_name(rule: str) -> str:
+    """The chain link that decided, as a bounded name: a header rule's link is named
+    after the list or the site line it came from (``header-match-dev.lists.test-0``),
+    which would make the name free text."""
+    return "header-match" if rule.startswith("header-match") else rule
 OTHER = "other"
 
 
@@ -218,7 +225,7 @@ def verdict(line: Line, ip: str | None = None, mail_from: str | None = None) -> 
     summary = _SUMMARY.search(body)
     if outcome == ACCEPTED and summary:
         # an accept is named by the rule that let it through (member-moderation...)
-        reason = summary.group("rule")
+        reason = rule_name(summary.group("rule"))
     else:
         reason = normalize_reason(body)
     lists = _lists(body)

@@ -216,6 +216,8 @@ def test_chart_without_matplotlib_names_the_extra(tmp_path: Path, capsys,
     ("list=a@b.test verdict=hold(member) rule=emergency senders=a@x.test: emergency",
      "hold(member)"),
     ("list=a@b.test verdict=discard rule=banned-address senders=a@x.test: banned", "discard"),
+    ("list=a@b.test verdict=tempfail rule=approved senders=a@x.test: password not checked",
+     "tempfail"),
     ("something new in a later version", "other"),
 ])
 def test_normalize_reason(text: str, name: str) -> None:
@@ -250,3 +252,14 @@ def test_reply_text_with_parentheses() -> None:
     e = verdict(line)  # type: ignore[arg-type]
     assert e is not None and e.reply == "550 5.7.1 Go away (see https://x.test/(policy))"
     assert e.reason == "reject" and e.lists == ("a@b.test",)
+
+
+def test_an_accept_by_a_header_rule_is_named_without_its_list() -> None:
+    # the link's name carries the list id; a metrics label must stay a bounded set
+    line = parse_line("2026-12-01 05:12:22,637 INFO [1] Q1: ACCEPT: list=dev@lists.test "
+                      "verdict=accept rule=header-match-dev.lists.test-0 senders=a@x.test: "
+                      "Header \"x-a\" matched; client=a[192.0.2.1] class=EXTERNAL helo=<a> "
+                      "from=<a@x.test> spf=pass")
+    assert line is not None
+    e = verdict(line)
+    assert e is not None and (e.outcome, e.reason) == ("accepted", "header-match")
