@@ -52,7 +52,7 @@ _LIST_FIRST = re.compile(r"list=(?P<list>[^\s;:,]+)")
 _LIST_MORE = re.compile(r"; list=(?P<list>[^\s;:,]+) verdict=")
 _LIST_RCPT = re.compile(r"rcpt to <.*> list=(?P<list>[^\s;:,>]+)(?::|$)")
 _SUMMARY = re.compile(r"list=(?P<list>\S+) verdict=(?P<verdict>\w+(?:\(\w+\))?) "
-                      r"rule=(?P<rule>[\w-]+) senders=(?P<senders>\S*?):")
+                      r"rule=(?P<rule>[\w.-]+) senders=(?P<senders>\S*?):")
 _STARTING = re.compile(r"listgate \S+ starting:")
 #: the verdict line's suffix: who was talking (engine.Session.context)
 _CONTEXT = re.compile(r"; client=(?P<host>.*)\[(?P<ip>[^\]]*)\] class=(?P<cls>\S+) "
