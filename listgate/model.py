@@ -238,40 +238,12 @@ class HeaderFilterRule:
     action: int
 
 
-@dataclass(frozen=True)
-class Mailman2Facts:
-    """What a Mailman 2.1 list's ``config.pck`` says about a post's senders, plus every
-    list setting the pipeline (:data:`listgate.chain.MAILMAN2_PIPELINE`) reads.
+@dataclass(frozen=True, kw_only=True)
+class Mailman2Settings:
+    """The Mailman 2.1 list settings the pipeline (:data:`listgate.chain.MAILMAN2_PIPELINE`)
+    reads beyond the sender rules: what the backend keeps of a list and hands on, as
+    they are, with each post's facts.  Defaults are Mailman 2.1's (``Defaults.py``)."""
 
-    Mailman 2 decides members by every sender (``get_senders()``, in ``senders``)
-    but nonmembers by ONE address, ``primary`` (``get_sender()``), so both are kept.
-    The integer settings are Mailman 2's own codes; the defaults are Mailman 2.1's
-    (``Defaults.py``), except where noted.
-    """
-
-    list_address: str  #: the posting address the post was sent to, lowercased
-    internal_name: str  #: Mailman 2's list name (the directory under ``lists/``)
-    #: the list's ``host_name`` (``GetListEmail()`` is ``internal_name@host_name``)
-    host_name: str = ""
-    emergency: bool = False
-    #: for moderated members: 0 hold, 1 reject, 2 discard
-    member_moderation_action: int = 0
-    #: for nonmembers no ``*_these_nonmembers`` entry matches: 0 accept, 1 hold,
-    #: 2 reject, 3 discard
-    generic_nonmember_action: int = 1
-    accept_these_nonmembers: tuple[str, ...] = ()
-    hold_these_nonmembers: tuple[str, ...] = ()
-    reject_these_nonmembers: tuple[str, ...] = ()
-    discard_these_nonmembers: tuple[str, ...] = ()
-    senders: tuple[Mailman2Sender, ...] = ()
-    #: Mailman 2's ``get_sender()``, lowercased ('' if the post has no sender at all)
-    primary: str = ""
-    #: internal names of the lists named by ``@name`` entries that ``primary`` is a
-    #: member (or digest member) of; unknown lists and this list itself never are
-    primary_member_of: frozenset[str] = field(default_factory=frozenset)
-    #: with require_authenticated_sender: False if the MTA did not verify ``primary``
-    #: (then no accept_these_nonmembers entry accepts it)
-    primary_authenticated: bool = True
     #: what an Approved: password is checked against, as ``{sha1}HEX``: the list
     #: poster, moderator and administrator passwords (``post_password``,
     #: ``mod_password``, ``password``), which ``Approve.py`` accepts; never the site
@@ -305,3 +277,39 @@ class Mailman2Facts:
     news_moderation: int = 0
     #: the list's own ``pipeline`` attribute; None = the global pipeline
     pipeline: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Mailman2Facts(Mailman2Settings):
+    """What a Mailman 2.1 list's ``config.pck`` says about a post's senders, plus every
+    list setting the pipeline (:data:`listgate.chain.MAILMAN2_PIPELINE`) reads.
+
+    Mailman 2 decides members by every sender (``get_senders()``, in ``senders``)
+    but nonmembers by ONE address, ``primary`` (``get_sender()``), so both are kept.
+    The integer settings are Mailman 2's own codes; the defaults are Mailman 2.1's
+    (``Defaults.py``), except where noted.
+    """
+
+    list_address: str  #: the posting address the post was sent to, lowercased
+    internal_name: str  #: Mailman 2's list name (the directory under ``lists/``)
+    #: the list's ``host_name`` (``GetListEmail()`` is ``internal_name@host_name``)
+    host_name: str = ""
+    emergency: bool = False
+    #: for moderated members: 0 hold, 1 reject, 2 discard
+    member_moderation_action: int = 0
+    #: for nonmembers no ``*_these_nonmembers`` entry matches: 0 accept, 1 hold,
+    #: 2 reject, 3 discard
+    generic_nonmember_action: int = 1
+    accept_these_nonmembers: tuple[str, ...] = ()
+    hold_these_nonmembers: tuple[str, ...] = ()
+    reject_these_nonmembers: tuple[str, ...] = ()
+    discard_these_nonmembers: tuple[str, ...] = ()
+    senders: tuple[Mailman2Sender, ...] = ()
+    #: Mailman 2's ``get_sender()``, lowercased ('' if the post has no sender at all)
+    primary: str = ""
+    #: internal names of the lists named by ``@name`` entries that ``primary`` is a
+    #: member (or digest member) of; unknown lists and this list itself never are
+    primary_member_of: frozenset[str] = field(default_factory=frozenset)
+    #: with require_authenticated_sender: False if the MTA did not verify ``primary``
+    #: (then no accept_these_nonmembers entry accepts it)
+    primary_authenticated: bool = True

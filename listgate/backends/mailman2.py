@@ -74,6 +74,7 @@ refusal to Mailman.  The null envelope sender is '' here; Mailman 2 sees the MTA
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -287,7 +288,7 @@ def _pipeline(d: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 
 @dataclass(frozen=True)
-class ListData:
+class ListData(model.Mailman2Settings):
     """What listgate keeps of one Mailman 2 list (everything else is dropped)."""
 
     name: str  #: internal name (the directory under lists_dir)
@@ -304,25 +305,6 @@ class ListData:
     digest_members: frozenset[str]
     #: addresses whose ``user_options`` have the moderate flag
     moderated: frozenset[str]
-    #: ``{sha1}HEX`` of post_password, mod_password and password (where set)
-    approval_passwords: tuple[str, ...] = ()
-    legacy_admin_password: bool = False
-    header_filter_rules: tuple[model.HeaderFilterRule, ...] = ()
-    bounce_matching_headers: str = ""
-    max_message_size: int = 40
-    max_num_recipients: int = 10
-    require_explicit_destination: bool = True
-    acceptable_aliases: str = ""
-    administrivia: bool = True
-    dmarc_moderation_action: int = 0
-    dmarc_quarantine_moderation_action: bool = True
-    dmarc_moderation_addresses: tuple[str, ...] = ()
-    dmarc_moderation_notice: str = ""
-    member_moderation_notice: str = ""
-    nonmember_rejection_notice: str = ""
-    gateway_to_news: bool = False
-    news_moderation: int = 0
-    pipeline: tuple[str, ...] | None = None
 
     @classmethod
     def from_config(cls, name: str, d: Mapping[str, Any]) -> ListData:
@@ -640,13 +622,7 @@ class Mailman2Backend(model.Backend):
 
 
 #: the ListData attributes handed on to Mailman2Facts as they are
-_PIPELINE_SETTINGS = (
-    "approval_passwords", "legacy_admin_password", "header_filter_rules",
-    "bounce_matching_headers", "max_message_size", "max_num_recipients",
-    "require_explicit_destination", "acceptable_aliases", "administrivia",
-    "dmarc_moderation_action", "dmarc_quarantine_moderation_action",
-    "dmarc_moderation_addresses", "dmarc_moderation_notice", "member_moderation_notice",
-    "nonmember_rejection_notice", "gateway_to_news", "news_moderation", "pipeline")
+_PIPELINE_SETTINGS = tuple(f.name for f in dataclasses.fields(model.Mailman2Settings))
 
 
 def create(cfg: Config) -> Mailman2Backend:

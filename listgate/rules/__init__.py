@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from listgate.compat32 import Unevaluable
 from listgate.post import Post
 
 
@@ -94,3 +95,21 @@ class Input:
     @property
     def policy(self) -> Any:
         return self.facts.policy
+
+
+def password_hit(inp: Input, password: str, stored: Any, what: str) -> Hit | None:
+    """Ask the engine's bounded checker whether ``password`` is one of the list's
+    ``stored`` approval passwords (passlib hashes or ``{sha1}`` digests): a Hit if so,
+    None if not; past the checker's bound :class:`Busy` (answer 4xx), a password it
+    cannot check :class:`~listgate.compat32.Unevaluable` (never a refusal)."""
+    checker = inp.ctx.passwords
+    if checker is None:
+        raise Unevaluable("no password checker configured")
+    result = checker.check(password, stored, source=inp.ctx.source)
+    if result.status == "ok":
+        return Hit(what)
+    if result.status == "busy":
+        raise Busy(f"{what} not checked: {result.reason}")
+    if result.status == "unknown":
+        raise Unevaluable(f"{what} not checkable: {result.reason}")
+    return None

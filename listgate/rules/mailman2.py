@@ -26,7 +26,7 @@ from typing import Any
 from listgate import mm2compat as mm2
 from listgate.compat32 import Unevaluable
 from listgate.model import NONMEMBER_LISTS, Mailman2Facts
-from listgate.rules import Busy, Hit, Input, Pass
+from listgate.rules import Hit, Input, Pass, password_hit
 
 MEMBER, NONMEMBER = "member", "nonmember"
 
@@ -388,16 +388,10 @@ def approve(inp: Input) -> Any:
         raise Unevaluable(f"the password in the {where} is not UTF-8; Mailman 2 hashes "
                           "its bytes, which listgate's checker does not take") from None
     if facts.approval_passwords:
-        checker = inp.ctx.passwords
-        if checker is None:
-            raise Unevaluable("no password checker configured")
-        result = checker.check(text, facts.approval_passwords, "mailman2", source=inp.ctx.source)
-        if result.status == "ok":
-            return Hit(f"list password in the {where}")
-        if result.status == "busy":
-            raise Busy(f"list password in the {where} not checked: {result.reason}")
-        if result.status == "unknown":
-            raise Unevaluable(f"list password in the {where} not checkable: {result.reason}")
+        hit = password_hit(inp, text, facts.approval_passwords,
+                           f"list password in the {where}")
+        if hit is not None:
+            return hit
     if facts.legacy_admin_password:
         raise Unevaluable("the list administrator password is stored in a pre-2.1 form "
                           "(MD5 or crypt) that listgate does not check")

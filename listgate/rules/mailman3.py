@@ -25,7 +25,7 @@ from typing import Any
 from listgate.compat32 import MailmanFails, NotRead, Unevaluable, Unseen, decoded
 from listgate.model import NONMEMBER_LISTS, HeaderMatch, ListFacts, SenderFacts
 from listgate.post import Post
-from listgate.rules import Busy, Hit, Input, Pass
+from listgate.rules import Hit, Input, Pass, password_hit
 
 MEMBER, NONMEMBER = "member", "nonmember"
 
@@ -192,19 +192,8 @@ def approved(inp: Input) -> Any:
         password, where = body_approve_line(inp), "first line of the body"
         if password is None:
             return None
-    checker = inp.ctx.passwords
-    if checker is None:
-        raise Unevaluable("no password checker configured")
-    scheme = "mailman2" if all(h.startswith("{sha1}") for h in policy.approval_passwords) \
-        else "mailman3"
-    result = checker.check(password, policy.approval_passwords, scheme, source=inp.ctx.source)
-    if result.status == "ok":
-        return Hit(f"moderator password in the {where}")
-    if result.status == "busy":
-        raise Busy(f"moderator password in the {where} not checked: {result.reason}")
-    if result.status == "unknown":
-        raise Unevaluable(f"moderator password in the {where} not checkable: {result.reason}")
-    return None
+    return password_hit(inp, password, policy.approval_passwords,
+                        f"moderator password in the {where}")
 
 
 def loop(inp: Input) -> Hit | None:
