@@ -105,7 +105,8 @@ def password_hit(inp: Input, password: str, stored: Any, what: str) -> Hit | Non
     checker = inp.ctx.passwords
     if checker is None:
         raise Unevaluable("no password checker configured")
-    result = checker.check(password, stored, source=inp.ctx.source)
+    scheme = "mailman2" if all(str(h).startswith("{sha1}") for h in stored) else "mailman3"
+    result = checker.check(password, stored, scheme, source=inp.ctx.source)
     if result.status == "ok":
         return Hit(what)
     if result.status == "busy":
