@@ -165,6 +165,12 @@ class Mailman3Backend(Backend):
                                          timeout=urllib3.Timeout(connect=timeout, read=timeout))
         self._urllib3 = urllib3
         self._cache = TTLCache(cache_size)
+        self._flight_lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        #: list_id -> (config answer, header-matches answer, the ListPolicy built from
+        #: them): rebuilt only when the cached answers change, not for every verdict
+        self._policies: dict[str, tuple[Any, Any, ListPolicy]] = {}
+        self._site: tuple[Any, Any, SiteFacts] | None = None
         self._index_lock = threading.Lock()
         self._index: dict[str, str] = {}  # posting address (incl. alias domains) -> list_id
         self._index_expires = 0.0
@@ -177,10 +183,32 @@ class Mailman3Backend(Backend):
              ) -> tuple[int, Any]:
         """GET ``path`` (below the base URL): (status, JSON or None); 200 and 404 only.
         ``max_age``: a cached answer older than this is fetched again."""
-        if cache:
-            hit = self._cache.get(path, max_age=max_age)
+        if not cache:
+            return self._fetch(path, cache)
+        hit = self._cache.get(path, max_age=max_age)
+        if not TTLCache.missing(hit):
+            return hit
+        # one request per path when many connections miss it at once (a TTL expiring
+        # under load): the others wait for its answer instead of asking too
+        with self._flight_lock:
+            flight = self._inflight.get(path)
+            leader = flight is None
+            if leader:
+                flight = self._inflight[path] = threading.Event()
+        if not leader:
+            flight.wait(self.timeout * 2)
+            hit = self._cache.get(path)
             if not TTLCache.missing(hit):
                 return hit
+            return self._fetch(path, cache)  # the leader failed: ask, and fail, ourselves
+        try:
+            return self._fetch(path, cache)
+        finally:
+            with self._flight_lock:
+                self._inflight.pop(path, None)
+            flight.set()
+
+    def _fetch(self, path: str, cache: bool) -> tuple[int, Any]:
         url = self.url + path
         try:
             self.requests += 1
@@ -319,13 +347,23 @@ class Mailman3Backend(Backend):
         if status != 200:  # deleted since the list index was read
             raise BackendError(f"mailman3 {self.url}: no list {list_address} (deleted?)")
         _, matches = self._get(f"/lists/{list_id}/header-matches")
-        return policy_from_rest(list_address, cfg, matches)
+        known = self._policies.get(list_id)
+        if known is not None and known[0] is cfg and known[1] is matches:
+            return known[2]
+        policy = policy_from_rest(list_address, cfg, matches)
+        self._policies[list_id] = (cfg, matches, policy)
+        return policy
 
     def site(self) -> SiteFacts:
         """The site-wide settings the rules read (two cached requests per TTL)."""
         _, antispam = self._get("/system/configuration/antispam")
         _, mailman = self._get("/system/configuration/mailman")
-        return site_from_rest(antispam, mailman)
+        known = self._site
+        if known is not None and known[0] is antispam and known[1] is mailman:
+            return known[2]
+        site = site_from_rest(antispam, mailman)
+        self._site = (antispam, mailman, site)
+        return site
 
     def _is_member_of(self, list_address: str, email: str) -> bool:
         """``@list@domain``: Mailman 3.3.10 checks the other list's members' addresses."""

@@ -337,3 +337,29 @@ def test_posts_mailman_accepts_pass_and_what_it_refuses_is_refused_through_postf
         assert "Traceback" not in log
     finally:
         d.close()
+
+
+def test_concurrent_misses_of_one_answer_make_one_request(mailman3):
+    """When a TTL expires under load, many connections miss the same answers at once:
+    each REST path is fetched once, the others wait for that answer."""
+    m = mailman3
+    m.create_list("flight@mm3.test")
+    m.subscribe("flight@mm3.test", "member@y.test")
+    b = backend(m)
+    b.find_list("flight@mm3.test")
+    before = b.requests
+    barrier = threading.Barrier(20)
+    results = []
+
+    def one() -> None:
+        barrier.wait()
+        results.append(list_verdict(b.list_facts("flight@mm3.test", ("member@y.test",))))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 20 and len(set(results)) == 1
+    assert results[0].action == "accept"
+    assert b.requests - before == 7, "the cold cost of one verdict, not 20 times it"
