@@ -61,7 +61,7 @@ package: $(STAMP)
 # Performance benchmark (issue 5): through a private Postfix (no milter, a minimal
 # pymilter milter, pyspf-milter, listgate on SQLite and on Mailman 3; unix and inet
 # sockets), the milter protocol alone, data scale and a 100k-message growth run.
-# Prints the tables and writes bench/results.json; about 10 minutes.  See bench/run.py.
+# Prints the tables and writes bench/results.json; about 13 minutes.  See bench/run.py.
 .PHONY: bench
 bench: $(STAMP)
 	scripts/install-debian-deps.sh test
