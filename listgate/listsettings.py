@@ -321,21 +321,22 @@ def default(name: str) -> Any:
     return _POLICY_DEFAULTS[name]
 
 
+def _field(table: dict[str, Field], name: str, what: str) -> Field:
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"invalid {what} {name!r}: expected one of "
+                         f"{', '.join(table)}") from None
+
+
 def list_field(name: str) -> Field:
     """The list setting ``name``; ValueError naming the choices if there is none."""
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        raise ValueError(f"invalid option {name!r}: expected one of "
-                         f"{', '.join(LIST_FIELD_NAMES)}") from None
+    return _field(_BY_NAME, name, "option")
 
 
 def site_field(name: str) -> Field:
-    try:
-        return _SITE_BY_NAME[name]
-    except KeyError:
-        raise ValueError(f"invalid site setting {name!r}: expected one of "
-                         f"{', '.join(f.name for f in SITE_FIELDS)}") from None
+    """The site-wide setting ``name``; ValueError naming the choices if there is none."""
+    return _field(_SITE_BY_NAME, name, "site setting")
 
 
 def list_ddl() -> str:

@@ -28,17 +28,22 @@ def backend(m: Mailman3, **kw) -> Mailman3Backend:
     return Mailman3Backend(m.rest_url, m.admin_user, m.admin_pass, **kw)
 
 
+def mm3_daemon(dns, m: Mailman3, extra: str = "") -> ListgateDaemon:
+    """A started listgate on this Mailman's REST API (INTERNAL: only 127.0.0.1)."""
+    return ListgateDaemon(nameservers=dns.nameservers, config=(
+        "[network]\ninternal_connect = 127.0.0.1/32\n"
+        "[lists]\nbackend = mailman3\n" + extra +
+        f"[mailman3]\nurl = {m.rest_url}\nuser = {m.admin_user}\n"
+        f"password = {m.admin_pass}\n")).start()
+
+
 def test_postfix_with_mailman3_backend_and_mailman_stopped(dns_factory, smtp_sink,
                                                            postfix_factory, mailman3_private):
     m = mailman3_private
     m.create_list(LIST)
     m.subscribe(LIST, "member@y.test")
     dns = dns_factory(txt={"y.test": "v=spf1 ip4:127.0.0.0/8 -all"})
-    d = ListgateDaemon(nameservers=dns.nameservers, config=(
-        "[network]\ninternal_connect = 127.0.0.1/32\n"
-        "[lists]\nbackend = mailman3\ncache_ttl = 0\nnegative_cache_ttl = 0\n"
-        f"[mailman3]\nurl = {m.rest_url}\nuser = {m.admin_user}\n"
-        f"password = {m.admin_pass}\ntimeout = 2\n")).start()
+    d = mm3_daemon(dns, m, "cache_ttl = 0\nnegative_cache_ttl = 0\n[mailman3]\ntimeout = 2\n")
     try:
         mta = postfix_factory(milter=d.postfix_milter, relay_domains=["mm3.test"])
         r, msg = send(mta, frm="member@y.test", mail_from="member@y.test", rcpts=[LIST],
@@ -287,11 +292,7 @@ def test_posts_mailman_accepts_pass_and_what_it_refuses_is_refused_through_postf
     m.add_header_match(CHAIN_LIST, "X-Spam-Flag", "^yes", "discard")
     m.ban("troll@y.test", CHAIN_LIST)
     dns = dns_factory(txt={"y.test": "v=spf1 ip4:127.0.0.0/8 -all"})
-    d = ListgateDaemon(nameservers=dns.nameservers, config=(
-        "[network]\ninternal_connect = 127.0.0.1/32\n"
-        "[lists]\nbackend = mailman3\n"
-        f"[mailman3]\nurl = {m.rest_url}\nuser = {m.admin_user}\n"
-        f"password = {m.admin_pass}\n")).start()
+    d = mm3_daemon(dns, m)
     enc_member = "=?utf-8?b?" + base64.b64encode(b"member@y.test").decode() + "?="
     enc_troll = "=?utf-8?q?troll=40y=2Etest?="
     accepted = [
