@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from listgate import addresses
+from listgate import addresses, budget
 from listgate.authn import (
     AuthFacts,
     BodyCollector,
@@ -286,6 +286,9 @@ class Engine:
         self.dmarc = dmarc
         #: a refusal rests on backend answers at most this old
         self.refusal_max_age = cfg.lists.refusal_max_age
+        #: the most one stage (RCPT, end of message) waits on the backend, all its
+        #: requests together ([mailman3] timeout; the SQLite store waits busy_timeout)
+        self.backend_budget = cfg.mailman3.timeout
         #: the authserv-id when neither [milter] authserv_id nor the MTA's j is known
         self.default_authserv_id = host_name
 
@@ -534,11 +537,13 @@ class Session:
         if self.debugging:
             self.debug("mail from <%s>%s", clean(self.mail_from, 255),
                        f" auth={clean(auth_user)}" if auth_user else "")
-        # in observe mode a refusal is only logged, and the next checks still run
-        for check in (self._delayed_refusal, self._domain_rules, self._spf):
-            decision = check()
-            if decision.refuses:
-                return decision
+        # in observe mode a refusal is only logged, and the next checks still run; SPF's
+        # DNS waits (HELO and MAIL FROM identities together) share [spf] timeout
+        with budget.stage(self.engine.cfg.spf.timeout):
+            for check in (self._delayed_refusal, self._domain_rules, self._spf):
+                decision = check()
+                if decision.refuses:
+                    return decision
         return OK
 
     def _delayed_refusal(self) -> Decision:
@@ -635,7 +640,8 @@ class Session:
         rc = Rcpt(addr)
         self.rcpts.append(rc)
         try:
-            rc.list = self.engine.lookups.find_list(addr)
+            with budget.stage(self.engine.backend_budget):
+                rc.list = self.engine.lookups.find_list(addr)
         except BackendError as e:
             return self._rcpt_backend_error(rc, e)
         if rc.list and not self.internal and self.engine.is_internal_only(rc.list):
@@ -724,7 +730,8 @@ class Session:
         # remove forged copies of our own headers, last occurrence first so indexes hold
         result.remove_headers = sorted(self.own_headers, key=lambda h: -h[1])
         lists = [r.list for r in self.rcpts if r.list and r.status == "accepted"]
-        decision = self._relay_spf()
+        with budget.stage(self.engine.cfg.spf.timeout):
+            decision = self._relay_spf()
         if not decision.refuses:
             decision = self._internal_only_check()
         if lists and any(self.engine.auth_mode(lst) != "no" for lst in lists):
@@ -854,22 +861,8 @@ class Session:
                      ) -> tuple[Decision, str, ListVerdict | None]:
         eng = self.engine
         try:
-            facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
-            site = getattr(facts, "site", DEFAULT_SITE)
-            if site.sender_headers != DEFAULT_SITE.sender_headers:
-                # the site names other sender headers ([mailman] sender_headers)
-                post = post.with_sender_headers(site.sender_headers.split())
-                senders = post.unique_senders()
-                facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
-            verdict = self._authenticated_verdict(list_address, facts, post)
-            d = self._map_verdict(list_address, verdict, senders)
-            if d.refuses:
-                # a refusal rests on a fresh answer: the sender may have subscribed since
-                fresh = eng.lookups.list_facts(list_address, senders, self.primary_sender(),
-                                               max_age=eng.refusal_max_age)
-                if fresh != facts:
-                    verdict = self._authenticated_verdict(list_address, fresh, post)
-                    d = self._map_verdict(list_address, verdict, senders)
+            with budget.stage(eng.backend_budget):
+                return self._list_answer_within(list_address, post, senders)
         except BackendError as e:
             if eng.fail_open:
                 self.verdict("list=%s backend error, accepted UNCHECKED "
@@ -883,6 +876,27 @@ class Session:
             if not eng.observe:
                 self.verdict("TEMPFAIL: %s (%s)", d.reasons[0], d.reply, level=logging.WARNING)
             return d, list_address, None
+
+    def _list_answer_within(self, list_address: str, post: Post, senders: tuple[str, ...]
+                            ) -> tuple[Decision, str, ListVerdict | None]:
+        """The list's answer, within the backend's budget (BackendError past it)."""
+        eng = self.engine
+        facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
+        site = getattr(facts, "site", DEFAULT_SITE)
+        if site.sender_headers != DEFAULT_SITE.sender_headers:
+            # the site names other sender headers ([mailman] sender_headers)
+            post = post.with_sender_headers(site.sender_headers.split())
+            senders = post.unique_senders()
+            facts = eng.lookups.list_facts(list_address, senders, self.primary_sender())
+        verdict = self._authenticated_verdict(list_address, facts, post)
+        d = self._map_verdict(list_address, verdict, senders)
+        if d.refuses:
+            # a refusal rests on a fresh answer: the sender may have subscribed since
+            fresh = eng.lookups.list_facts(list_address, senders, self.primary_sender(),
+                                           max_age=eng.refusal_max_age)
+            if fresh != facts:
+                verdict = self._authenticated_verdict(list_address, fresh, post)
+                d = self._map_verdict(list_address, verdict, senders)
         kind = (f"({verdict.hold_kind})" if verdict.hold_kind
                 else "(undecided)" if verdict.undecided else "")
         summary = clean(f"list={list_address} verdict={verdict.action}{kind} rule={verdict.rule} "

@@ -9,6 +9,7 @@ surprise inside pyspf into a temperror instead of an exception.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import dns.rdatatype
 import dns.resolver
 import spf
 
+from listgate import budget
 from listgate.cache import TTLCache
 
 try:
@@ -89,8 +91,11 @@ def cached_lookup(name: str, qtype: str, tcpfallback: bool = True,
     if not TTLCache.missing(hit):
         return hit
     out: list[tuple[tuple[str, str], Any]] = []
+    # pyspf passes what is left of its whole evaluation (querytime) as ``timeout``: one
+    # query must still not wait longer than [dns] timeout (the resolver's lifetime)
+    lifetime = min(timeout, dns.resolver.get_default_resolver().lifetime)
     try:
-        answers = dns.resolver.resolve(name, qtype, lifetime=timeout)
+        answers = dns.resolver.resolve(name, qtype, lifetime=lifetime)
         for rdata in answers:
             if qtype in ("A", "AAAA"):
                 out.append(((name, qtype), rdata.address))
@@ -149,6 +154,20 @@ def configure_dns(nameservers: Sequence[tuple[str, int]], timeout: float) -> Non
     spf.DNSLookup = cached_lookup
 
 
+_DNS_TIMEOUT = re.compile(r"lifetime expired|timed out|timeout", re.I)
+_SERVER_DETAIL = re.compile(r":? ?Server (?:Do53|Do[HTQ]):\S+ answered [^;:]*", re.I)
+
+
+def public_dns_problem(explanation: str) -> str:
+    """pyspf's temperror text (dnspython's exception) made fit for the SMTP reply: it
+    names our name servers and ports ("Server Do53:10.0.0.53@53 answered ..."), which a
+    client has no business reading, and is long.  A timeout becomes "DNS timeout"."""
+    text = str(explanation)
+    if _DNS_TIMEOUT.search(text):
+        return "SPF Temporary Error: DNS timeout"
+    return _SERVER_DETAIL.sub("", text).strip()
+
+
 class SpfChecker:
     """Evaluates SPF for one identity of a connection.
 
@@ -183,10 +202,22 @@ class SpfChecker:
                 return hit
         identity = "mailfrom" if sender else "helo"
         try:
+            # the whole evaluation within what is left of the stage's budget (the HELO
+            # and MAIL FROM identities share [spf] timeout), each query within [dns]
+            # timeout
+            left = budget.remaining(self.timeout)
             q = spf.query(i=ip, s=sender, h=helo or "", receiver=receiver,
-                          timeout=min(self.dns_timeout, self.timeout), querytime=self.timeout)
+                          timeout=min(self.dns_timeout, left), querytime=left)
             result, _code, expl = q.check()
             header = q.get_header(result, receiver)
+            if result == "temperror":
+                log.debug("SPF temperror for ip=%s sender=%r helo=%r: %s", ip, sender, helo,
+                          expl)
+                expl = public_dns_problem(expl)
+        except budget.BudgetExceeded:
+            result, expl = "temperror", "SPF not evaluated: the time budget is used up"
+            header = (f"temperror ({receiver}: {expl}) client-ip={ip}; "
+                      f"identity={identity}")
         except Exception as e:  # noqa: BLE001 - pyspf must never take the daemon down
             log.warning("SPF evaluation failed for ip=%s sender=%r helo=%r: %s: %s",
                         ip, sender, helo, type(e).__name__, e)

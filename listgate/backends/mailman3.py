@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from listgate import listsettings
+from listgate import budget, listsettings
 from listgate.cache import TTLCache
 from listgate.config import Config, ConfigError, parse_bool
 from listgate.model import (
@@ -196,7 +196,11 @@ class Mailman3Backend(Backend):
             if leader:
                 flight = self._inflight[path] = threading.Event()
         if not leader:
-            flight.wait(self.timeout * 2)
+            try:
+                flight.wait(budget.remaining(self.timeout * 2))
+            except budget.BudgetExceeded:
+                raise BackendError(f"mailman3 {self.url}{path}: no answer within the "
+                                   "stage's time budget ([mailman3] timeout)") from None
             hit = self._cache.get(path)
             if not TTLCache.missing(hit):
                 return hit
@@ -211,8 +215,16 @@ class Mailman3Backend(Backend):
     def _fetch(self, path: str, cache: bool) -> tuple[int, Any]:
         url = self.url + path
         try:
+            # each request gets what is left of the stage's budget: a slow Mailman
+            # costs one [mailman3] timeout per stage, not one per request
+            wait = budget.remaining(self.timeout)
+        except budget.BudgetExceeded:
+            raise BackendError(f"mailman3 {url}: no answer within the stage's time budget "
+                               "([mailman3] timeout)") from None
+        try:
             self.requests += 1
-            r = self._pool.request("GET", url, headers=self._headers)
+            r = self._pool.request("GET", url, headers=self._headers,
+                                   timeout=self._urllib3.Timeout(total=wait))
         except self._urllib3.exceptions.HTTPError as e:
             raise BackendError(f"mailman3 {url}: {_reason(e)}") from None
         if r.status == 404:

@@ -40,6 +40,7 @@ import smtplib
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -551,6 +552,90 @@ class DnsServer(_Server):
 
 
 # --------------------------------------------------------------------------- smtp-sink
+
+
+class FaultyDns:
+    """A name server that misbehaves on purpose, in front of a :class:`DnsServer`.
+
+    A UDP forwarder on 127.0.0.1:<free port> (in this process): queries for names
+    under one of ``slow`` are answered ``delay`` seconds late, those under one of
+    ``silent`` never (``silent=("",)``: none at all, a server that has hung); the rest
+    are forwarded at once.  ``upstream`` is the :class:`DnsServer` that has the records
+    (None with ``silent=("",)``).  Attributes: ``port``, ``nameservers``, ``queries``
+    (names asked, in order).  Works as a context manager, like the servers above.
+    """
+
+    def __init__(self, upstream: DnsServer | None, *, slow: Iterable[str] = (),
+                 delay: float = 0.0, silent: Iterable[str] = ()) -> None:
+        self.upstream = upstream
+        self.slow = tuple(s.lower().strip(".") for s in slow)
+        self.silent = tuple(s.lower().strip(".") for s in silent)
+        self.delay = delay
+        self.host = LOOPBACK
+        self.port: int | None = None
+        self.queries: list[str] = []
+        self._sock: socket.socket | None = None
+
+    @staticmethod
+    def _under(name: str, suffixes: tuple[str, ...]) -> bool:
+        return any(s == "" or name == s or name.endswith("." + s) for s in suffixes)
+
+    @property
+    def nameservers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> FaultyDns:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind((self.host, 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._loop, name="faulty-dns", daemon=True).start()
+        _register(self)
+        return self
+
+    def _loop(self) -> None:
+        sock = self._sock
+        while sock is not None and sock.fileno() >= 0:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(sock, data, addr), daemon=True).start()
+
+    def _answer(self, sock: socket.socket, data: bytes, addr) -> None:
+        import dns.message
+        import dns.query
+
+        try:
+            q = dns.message.from_wire(data)
+            name = q.question[0].name.to_text().lower().rstrip(".")
+        except Exception:  # noqa: BLE001 - not a query we understand: ignored
+            return
+        self.queries.append(name)
+        if self.upstream is None or self._under(name, self.silent):
+            return
+        if self._under(name, self.slow):
+            time.sleep(self.delay)
+        try:
+            r = dns.query.udp(q, self.upstream.host, port=self.upstream.port, timeout=5)
+            sock.sendto(r.to_wire(), addr)
+        except Exception:  # noqa: BLE001 - upstream gone or this socket closed
+            pass
+
+    @property
+    def running(self) -> bool:
+        return self._sock is not None
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        _unregister(self)
+
+    def __enter__(self) -> FaultyDns:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _split_args(args: str) -> tuple[str, list[str]]:

@@ -1,0 +1,100 @@
+"""Faults, broken on purpose, through a real Postfix with listgate as its milter.
+
+Each stage answers within its documented budget, below Postfix's milter timeouts, with
+listgate's own 4xx and a reason in its log -- never Postfix's ``451 4.7.1 Service
+unavailable`` after ``milter_command_timeout``.  A slow DNS answer delays only the
+sessions waiting for it.  (Issue 11.)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import infra
+import pytest
+from lgdaemon import ListgateDaemon
+
+LIST = "dev@lists.test"
+EXTERNAL_IP = "127.0.0.2"  # the daemons below count only 127.0.0.1 as INTERNAL
+#: Postfix's answer when the milter does not reply within milter_command_timeout
+POSTFIX_TIMEOUT = re.compile(r"milter .*(timed out|Connection timed out|timeout)", re.I)
+SPF_TEMPERROR = re.compile(r"^451 4\.7\.24 SPF temperror for a@slow\.test: SPF Temporary Error: "
+                           r"DNS timeout; try again later$")
+
+
+def external_daemon(dns: str, config: str = "") -> ListgateDaemon:
+    d = ListgateDaemon(nameservers=dns, config=(
+        "[network]\ninternal_connect = 127.0.0.1/32\n" + config))
+    d.cli("lists", "create", LIST)
+    return d.start()
+
+
+def timed_mail_from(mta: infra.PostfixInstance, sender: str, helo: str,
+                    ) -> tuple[float, infra.SmtpResult]:
+    """EHLO, MAIL FROM and one RCPT from an EXTERNAL client; seconds to the end."""
+    start = time.monotonic()
+    r = infra.smtp_transaction("127.0.0.1", mta.port, helo=helo, mail_from=sender,
+                               rcpts=[LIST], message=None, source_ip=EXTERNAL_IP, timeout=60)
+    return time.monotonic() - start, r
+
+
+# --------------------------------------------------------------------------- DNS that fails
+
+
+@pytest.mark.parametrize("server", ["silent", "dead"])
+def test_broken_name_server_gets_listgates_4xx_within_the_spf_budget(server, postfix_factory):
+    """The default budgets ([dns] timeout 5 s per query, [spf] timeout 20 s for HELO and
+    MAIL FROM together) against Postfix's default milter_command_timeout (30 s): with
+    a new HELO name MAIL FROM makes two SPF checks, and the client must get listgate's
+    451 4.7.24, not Postfix's timeout answer.  A silent server receives and never
+    answers (hung); a dead one has nothing listening on its port."""
+    if server == "silent":
+        faulty = infra.FaultyDns(None, silent=[""]).start()
+        ns = faulty.nameservers
+    else:
+        faulty = None
+        ns = f"127.0.0.1:{infra.free_port(udp_too=True)}"
+    d = external_daemon(ns, "[dns]\ntimeout = 5\n")
+    try:
+        mta = postfix_factory(milter=d.postfix_milter)
+        assert mta.postconf("milter_command_timeout").strip().endswith("= 30s")
+        mark = mta.log_mark()
+        elapsed, r = timed_mail_from(mta, "a@slow.test", "mail.slow.test")
+        assert SPF_TEMPERROR.match(str(r.mail)), r.steps()
+        assert elapsed < 21, elapsed  # within [spf] timeout (plus the session's own)
+        d.wait_for_log(r"TEMPFAIL: SPF temperror \(451 4\.7\.24 SPF temperror for a@slow\.test: "
+                       r"SPF Temporary Error: DNS timeout; try again later\)")
+        assert not POSTFIX_TIMEOUT.search(mta.log_text(mark))
+        if faulty is not None:
+            assert "mail.slow.test" in faulty.queries and "slow.test" in faulty.queries
+    finally:
+        d.close()
+        if faulty is not None:
+            faulty.stop()
+
+
+def test_spf_budget_covers_both_identities_and_every_query(dns_factory, postfix_factory):
+    """Every answer 1.5 s late and SPF records that include four more records: each
+    query is within [dns] timeout and each identity would be within [spf] timeout on
+    its own, but HELO and MAIL FROM together would not be.  Scaled down (a 4 s budget
+    against a 6 s milter_command_timeout) to keep the test short."""
+    chain = {f"i{k}.slow.test": f"v=spf1 include:i{k + 1}.slow.test -all" for k in range(4)}
+    chain["i4.slow.test"] = "v=spf1 ip4:127.0.0.0/8 -all"
+    upstream = dns_factory(txt={"slow.test": "v=spf1 include:i0.slow.test -all",
+                                "mail.slow.test": "v=spf1 include:i0.slow.test -all",
+                                **chain})
+    faulty = infra.FaultyDns(upstream, slow=["slow.test"], delay=1.5).start()
+    d = external_daemon(faulty.nameservers, "[dns]\ntimeout = 3\n[spf]\ntimeout = 4\n")
+    try:
+        mta = postfix_factory(milter=d.postfix_milter, extra={"milter_command_timeout": "6s"})
+        mark = mta.log_mark()
+        elapsed, r = timed_mail_from(mta, "a@slow.test", "mail.slow.test")
+        assert str(r.mail) == ("451 4.7.24 SPF temperror for a@slow.test: SPF not evaluated: "
+                               "the time budget is used up; try again later"), r.steps()
+        assert elapsed < 5.5, elapsed
+        assert not POSTFIX_TIMEOUT.search(mta.log_text(mark))
+        d.wait_for_log(r"TEMPFAIL: SPF temperror \(451 4\.7\.24 .*time budget is used up")
+    finally:
+        d.close()
+        faulty.stop()
