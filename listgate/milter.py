@@ -16,6 +16,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,12 +38,47 @@ def milter_text(text: str) -> str:
     return text.replace("%", "%%")
 
 
+class Busy:
+    """The callbacks running right now, and since when (for :class:`Rescuer`).
+
+    Called from libmilter's threads: a lock around a dict, never raises."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[int, float] = {}
+        self._tokens = itertools.count(1)
+
+    def enter(self) -> int:
+        token = next(self._tokens)
+        with self._lock:
+            self._since[token] = time.monotonic()
+        return token
+
+    def leave(self, token: int) -> None:
+        with self._lock:
+            self._since.pop(token, None)
+
+    def longest(self) -> float:
+        """Seconds the longest-running callback has been running (0 when none)."""
+        with self._lock:
+            first = min(self._since.values(), default=None)
+        return 0.0 if first is None else time.monotonic() - first
+
+
+#: the callbacks that may wait on the outside world (DNS, the backend, a hash)
+_WAITING_STAGES = frozenset({"envfrom", "envrcpt", "eom"})
+
+
 def _guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Catch every exception of a callback: log it, and answer 451 where we may answer."""
+    """Catch every exception of a callback: log it, and answer 451 where we may answer.
+
+    The callbacks that may wait are also counted in :data:`ListgateMilter.busy`."""
+    waits = stage in _WAITING_STAGES
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(self: ListgateMilter, *args: Any) -> Any:
+            token = self.busy.enter() if waits else 0
             try:
                 return func(self, *args)
             except Exception:
@@ -51,6 +87,9 @@ def _guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 if stage in ("connect", "hello", "header", "body"):
                     return Milter.CONTINUE  # no-reply callbacks: refused at the next stage
                 return self._answer(Decision(TEMPFAIL, INTERNAL_ERROR))
+            finally:
+                if waits:
+                    self.busy.leave(token)
 
         return wrapper
 
@@ -127,6 +166,8 @@ class ListgateMilter(Milter.Base):
     engine: Engine
     #: the open connections, for draining on shutdown
     connections = Connections()
+    #: the callbacks running now that may wait (see daemon.Rescuer)
+    busy = Busy()
     #: False while the daemon drains on SIGTERM: new connections are refused
     accepting = True
 

@@ -9,6 +9,9 @@ sessions waiting for it.  (Issue 11.)
 from __future__ import annotations
 
 import re
+import socket
+import statistics
+import threading
 import time
 
 import infra
@@ -95,6 +98,98 @@ def test_spf_budget_covers_both_identities_and_every_query(dns_factory, postfix_
         assert elapsed < 5.5, elapsed
         assert not POSTFIX_TIMEOUT.search(mta.log_text(mark))
         d.wait_for_log(r"TEMPFAIL: SPF temperror \(451 4\.7\.24 .*time budget is used up")
+    finally:
+        d.close()
+        faulty.stop()
+
+
+# --------------------------------------------------------------------------- slow DNS, one domain
+
+
+class Sessions:
+    """Real SMTP sessions with the time to the banner and to MAIL FROM's reply."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.results: list[tuple[float, float, bytes]] = []
+        self.lock = threading.Lock()
+
+    def one(self, sender: str, helo: str = "mail.fast.test") -> tuple[float, float, bytes]:
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60,
+                                      source_address=(EXTERNAL_IP, 0)) as s:
+            f = s.makefile("rb")
+            f.readline()
+            banner = time.monotonic() - start
+            s.sendall(f"EHLO {helo}\r\n".encode())
+            while f.readline()[3:4] != b" ":
+                pass
+            s.sendall(f"MAIL FROM:<{sender}>\r\n".encode())
+            code = f.readline()[:3]
+            mail = time.monotonic() - start
+            s.sendall(b"QUIT\r\n")
+            f.readline()
+        with self.lock:
+            self.results.append((banner, mail, code))
+        return banner, mail, code
+
+
+def test_slow_dns_for_one_domain_delays_only_its_own_sessions(dns_factory, postfix_factory):
+    """30 sessions wait 4 s for one domain's SPF record while 10 other clients connect
+    and send MAIL FROM in a loop: those must see their banner and MAIL FROM answered at
+    normal speed, and bursts of 40 simultaneous slow sessions must all get their
+    banner at once (libmilter's worker pool could leave a new connection waiting for a
+    worker until some DNS answer came: daemon.Rescuer)."""
+    spf = "v=spf1 ip4:127.0.0.0/8 -all"
+    upstream = dns_factory(txt={"slow.test": spf, "fast.test": spf, "mail.fast.test": spf})
+    faulty = infra.FaultyDns(upstream, slow=["slow.test"], delay=4.0).start()
+    d = external_daemon(faulty.nameservers, "[dns]\ntimeout = 5\n[spf]\ntimeout = 20\n")
+    try:
+        mta = postfix_factory(milter=d.postfix_milter,
+                              extra={"smtpd_client_connection_count_limit": "0"})
+        slow, fast = Sessions(mta.port), Sessions(mta.port)
+        waiting = [threading.Thread(target=slow.one, args=(f"s{i}@slow.test",))
+                   for i in range(30)]
+        for t in waiting:
+            t.start()
+        time.sleep(0.5)  # all 30 are waiting on DNS now
+
+        def loop(k: int) -> None:
+            end = time.monotonic() + 3
+            i = 0
+            while time.monotonic() < end:
+                fast.one(f"f{k}x{i}@fast.test")
+                i += 1
+
+        loops = [threading.Thread(target=loop, args=(k,)) for k in range(10)]
+        for t in loops:
+            t.start()
+        for t in loops + waiting:
+            t.join()
+        assert len(slow.results) == 30 and {c for _b, _m, c in slow.results} == {b"250"}
+        assert min(m for _b, m, _c in slow.results) >= 4.0  # they did wait for DNS
+        assert len(fast.results) >= 50 and {c for _b, _m, c in fast.results} == {b"250"}
+        worst_banner = max(b for b, _m, _c in fast.results)
+        worst_mail = max(m for _b, m, _c in fast.results)
+        assert worst_banner < 1.0 and worst_mail < 1.0, (
+            worst_banner, worst_mail, statistics.median(m for _b, m, _c in fast.results))
+
+        # bursts: every session of a burst waits on DNS, none on its banner
+        for burst in range(6):
+            sessions = Sessions(mta.port)
+            gate = threading.Barrier(40)
+
+            def one(i: int, sessions=sessions, gate=gate, burst=burst) -> None:
+                gate.wait()
+                sessions.one(f"b{burst}x{i}@slow.test")
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            banners = sorted(b for b, _m, _c in sessions.results)
+            assert len(banners) == 40 and banners[-1] < 1.0, (burst, banners[-5:])
     finally:
         d.close()
         faulty.stop()

@@ -1,13 +1,17 @@
-"""Stage time budgets (listgate.budget)."""
+"""Stage time budgets (listgate.budget) and what uses them: SPF's DNS, the Mailman 3
+backend's REST requests, libmilter's stranded-command rescue."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
 
 from listgate import budget
+from listgate.daemon import Rescuer
+from listgate.milter import Busy
 
 
 def test_no_stage_gives_the_cap():
@@ -36,3 +40,57 @@ def test_stage_is_per_thread():
         t.start()
         t.join()
     assert seen == [9.0]
+
+
+def test_busy_reports_the_longest_running_callback():
+    b = Busy()
+    assert b.longest() == 0.0
+    first = b.enter()
+    time.sleep(0.05)
+    second = b.enter()
+    assert b.longest() >= 0.05
+    b.leave(first)
+    assert b.longest() < 0.05
+    b.leave(second)
+    assert b.longest() == 0.0
+
+
+def test_rescuer_connects_only_while_a_callback_waits(tmp_path):
+    """The rescue is a connection to the milter's own socket: none while callbacks
+    answer promptly, one every ``every`` seconds while one waits."""
+    path = tmp_path / "m.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(64)
+    srv.settimeout(0.05)
+    accepted = 0
+
+    def count(seconds: float) -> int:
+        nonlocal accepted
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            try:
+                c, _ = srv.accept()
+            except TimeoutError:
+                continue
+            c.close()
+            n += 1
+        accepted += n
+        return n
+
+    busy = Busy()
+    r = Rescuer(busy, lambda: f"unix:{path}")
+    r.start()
+    try:
+        assert count(0.4) == 0
+        token = busy.enter()
+        time.sleep(Rescuer.after)
+        assert count(0.5) >= 3
+        busy.leave(token)
+        time.sleep(0.1)
+        assert count(0.4) == 0
+    finally:
+        r.stop()
+        srv.close()
+    assert r.pokes == accepted
