@@ -225,6 +225,14 @@ class Mailman3Backend(Backend):
             self.requests += 1
             r = self._pool.request("GET", url, headers=self._headers,
                                    timeout=self._urllib3.Timeout(total=wait))
+        except self._urllib3.exceptions.NewConnectionError as e:
+            # (a subclass of ConnectTimeoutError in urllib3 2: refused is not a timeout)
+            raise BackendError(f"mailman3 {url}: {_reason(e)}") from None
+        except self._urllib3.exceptions.TimeoutError:
+            if wait < self.timeout:  # cut short by the stage's deadline, not its own
+                raise BackendError(f"mailman3 {url}: no answer within the stage's time "
+                                   "budget ([mailman3] timeout)") from None
+            raise BackendError(f"mailman3 {url}: timed out after {wait:g} s") from None
         except self._urllib3.exceptions.HTTPError as e:
             raise BackendError(f"mailman3 {url}: {_reason(e)}") from None
         if r.status == 404:

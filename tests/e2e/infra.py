@@ -638,6 +638,77 @@ class FaultyDns:
         self.stop()
 
 
+class SlowTcpProxy:
+    """A TCP proxy on 127.0.0.1:<free port> (in this process) to ``target`` that makes
+    the target slow to answer: every chunk the client sends (an HTTP request, say) is
+    held ``delay`` seconds before it is passed on, as a busy Mailman REST API holds a
+    request before it answers.  ``port``; a context manager."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        self.host = LOOPBACK
+        self.port: int | None = None
+        self._srv: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+
+    def start(self) -> SlowTcpProxy:
+        self._srv = socket.create_server((self.host, 0))
+        self.port = self._srv.getsockname()[1]
+        threading.Thread(target=self._accept, name="slow-proxy", daemon=True).start()
+        _register(self)
+        return self
+
+    def _accept(self) -> None:
+        srv = self._srv
+        while srv is not None:
+            try:
+                client, _ = srv.accept()
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                return
+            self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, self.delay),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, 0.0),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    @property
+    def running(self) -> bool:
+        return self._srv is not None
+
+    def stop(self) -> None:
+        if self._srv is not None:
+            self._srv.close()
+            self._srv = None
+        for c in self._conns:
+            c.close()
+        self._conns.clear()
+        _unregister(self)
+
+    def __enter__(self) -> SlowTcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def _split_args(args: str) -> tuple[str, list[str]]:
     """Split ``"<addr> PARAM=x ..."`` (smtp-sink's X-Mail-Args) into addr, params."""
     args = args.strip()

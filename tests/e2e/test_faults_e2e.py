@@ -193,3 +193,58 @@ def test_slow_dns_for_one_domain_delays_only_its_own_sessions(dns_factory, postf
     finally:
         d.close()
         faulty.stop()
+
+
+# --------------------------------------------------------------------------- a slow Mailman 3
+
+
+def test_slow_mailman_rest_gets_listgates_4xx_within_the_backend_budget(
+        mailman3, dns_factory, smtp_sink, postfix_factory):
+    """Every REST request 0.9 s late: each request is well within [mailman3] timeout
+    (2 s here), but a cold verdict for a post with three senders (From, Sender, the
+    envelope's member) makes three member lookups.  All of end of message's requests
+    share the budget, so the client gets listgate's 451 at about 2 s, not Postfix's
+    answer after milter_content_timeout (scaled down to 4 s); a retry finds what the
+    first attempt read in the cache, and a warm verdict is as fast as ever."""
+    from test_postfix import delivered
+
+    lst = "slow@mm3.test"
+    mailman3.create_list(lst)
+    mailman3.subscribe(lst, "member@y.test")
+    dns = dns_factory(txt={"y.test": "v=spf1 ip4:127.0.0.0/8 -all"})
+    proxy = infra.SlowTcpProxy(("127.0.0.1", mailman3.rest_port), delay=0.9).start()
+    d = ListgateDaemon(nameservers=dns.nameservers, config=(
+        "[network]\ninternal_connect = 127.0.0.1/32\n[lists]\nbackend = mailman3\n"
+        f"[mailman3]\nurl = http://127.0.0.1:{proxy.port}/3.1\nuser = {mailman3.admin_user}\n"
+        f"password = {mailman3.admin_pass}\ntimeout = 2\n[milter]\nlog_level = debug\n")).start()
+    try:
+        mta = postfix_factory(milter=d.postfix_milter, relay_domains=["mm3.test"],
+                              extra={"milter_content_timeout": "4s"})
+
+        def post() -> tuple[float, infra.SmtpResult, bytes]:
+            msg = infra.make_message(from_="Ann <ann@y.test>", to=lst, subject="slow",
+                                     headers=[("Sender", "bob@y.test")])
+            start = time.monotonic()
+            r = infra.smtp_transaction("127.0.0.1", mta.port, helo="mail.y.test",
+                                       mail_from="member@y.test", rcpts=[lst], message=msg,
+                                       source_ip=EXTERNAL_IP)
+            return time.monotonic() - start, r, msg
+
+        mark = mta.log_mark()
+        elapsed, r, _msg = post()
+        assert str(r.data).startswith("451 4.3.0 "), (elapsed, r.steps())
+        assert elapsed < 5.0, elapsed
+        assert not POSTFIX_TIMEOUT.search(mta.log_text(mark))
+        d.wait_for_log(r"TEMPFAIL: .*mailman3 http://127\.0\.0\.1:\d+/3\.1/\S+: no answer "
+                       r"within the stage's time budget \(\[mailman3\] timeout\)")
+        for _attempt in range(5):  # what a retrying client gets
+            elapsed, r, msg = post()
+            if r.data.code == 250:
+                break
+        assert r.data.code == 250, r.steps()
+        delivered(smtp_sink, msg)
+        elapsed, r, msg = post()
+        assert r.data.code == 250 and elapsed < 1.0, (elapsed, r.steps())
+    finally:
+        d.close()
+        proxy.stop()
