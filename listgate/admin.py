@@ -117,16 +117,16 @@ def _err(message: str) -> None:
 def _command(fn: _Command, *, write: bool) -> Handler:
     """Wrap a command: open the store, map exceptions to ``listgate: ...`` and an exit code.
 
-    A writing command first runs the (idempotent) ``init`` so that the very first
-    ``lists create`` on a fresh host just works.
+    No command but ``db init`` creates the store: a ``members add`` after the file was
+    lost (a bad restore, a wrong path) must not leave a store with one list that
+    silently stops gating all the others.  The Debian package runs ``db init`` at
+    first install; ``make run`` runs it too.
     """
 
     def handler(args: argparse.Namespace, cfg: Config) -> int:
         store = SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout)
         args.cfg = cfg  # for commands that read another source (lists import --from)
         try:
-            if write and store.init():
-                print(f"created database {store.path}")
             return fn(args, store)
         except ValueError as e:
             _err(str(e))
@@ -213,6 +213,10 @@ def cmd_db_init(args: argparse.Namespace, store: SqliteStore) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace, store: SqliteStore) -> int:
     """Bring the store's schema to this listgate's version, in place (never creates one)."""
+    if args.if_exists and not store.exists():
+        # the package's upgrade, on a host whose lists live elsewhere (Mailman 3)
+        print(f"no database at {store.path}: nothing to upgrade")
+        return 0
     old, new = store.upgrade()
     if old == new:
         print(f"database {store.path} is at schema version {new}: nothing to do")
@@ -482,7 +486,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 
     db = group("db", "manage the SQLite store file")
     leaf(db, "init", cmd_db_init, write=False)  # init is the command itself
-    leaf(db, "upgrade", cmd_db_upgrade, write=False)
+    p = leaf(db, "upgrade", cmd_db_upgrade, write=False)
+    p.add_argument("--if-exists", action="store_true",
+                   help="a missing database is not an error (nothing to upgrade)")
 
     lists = group("lists", "create, configure, export and import lists")
     p = leaf(lists, "create", cmd_lists_create, write=True)

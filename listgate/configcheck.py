@@ -154,6 +154,10 @@ def run_checks(cfg: Config, backend: Backend, resolve: str | None) -> dict[str, 
             if known is None:
                 result["warnings"].append(
                     f"[list:{address}]: the backend has no such list; the section has no effect")
+    if b["ok"] and not lists:
+        result["warnings"].append(
+            f"backend {backend.name} holds no lists: no recipient is a list, so no post is "
+            "gated; if lists were there, the store was lost or the config names the wrong one")
     result["ok"] = bool(b["ok"] and result["dns"]["ok"])
     return result
 

@@ -646,12 +646,24 @@ class Rescuer:
 
 
 def check_backend(engine: Engine) -> None:
-    """Log (not fail) when the backend is not usable yet."""
+    """Say at start-up and on reload, loudly, when the gate cannot work as configured.
+
+    An unreadable or missing store is an ERROR (every recipient gets 451, or passes
+    unchecked with ``on_backend_error = accept``) and an empty one a WARNING (no
+    recipient is a list, so nothing is gated): either may be a lost database, and the
+    admin should learn it from the first line after ``starting:``, not from the posts.
+    """
+    b = engine.backend
     try:
-        engine.backend.find_list("postmaster@listgate.invalid")
+        lists = b.lists()
     except BackendError as e:
-        log.warning("backend %s not usable yet: %s; list posts are answered %s until it is",
-                    engine.backend.name, e,
-                    "UNCHECKED" if engine.fail_open else "451 4.3.0 (tempfail)")
+        log.error("backend %s cannot be read: %s; until it can, %s", b.name, e,
+                  "list posts pass UNCHECKED (on_backend_error = accept)" if engine.fail_open
+                  else "every recipient is answered 451 4.3.0 (tempfail), since no "
+                       "recipient can be told from a list")
         return
+    if not lists:
+        log.warning("backend %s holds no lists: no recipient is a list, so no post is "
+                    "gated; if lists were there, the store was lost or the config names the "
+                    "wrong one", b.name)
     engine.warm_up()

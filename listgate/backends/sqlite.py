@@ -238,9 +238,7 @@ class SqliteStore:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             if not self.exists():
-                raise StoreError(
-                    f"no database at {self.path} (create it with 'listgate db init')"
-                )
+                raise StoreError(self._missing())
             conn = self._open("rw")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
@@ -248,6 +246,11 @@ class SqliteStore:
                 raise StoreError(self._version_problem(version))
             self._conn = conn
         return self._conn
+
+    def _missing(self) -> str:
+        return (f"no database at {self.path}: if it was lost, restore it (from a backup, or "
+                f"'listgate db init' then 'listgate lists import' of an export); on a new "
+                f"host, create it with 'listgate db init'")
 
     def _version_problem(self, version: int) -> str:
         if version == 0:
@@ -261,7 +264,7 @@ class SqliteStore:
     def schema_version(self) -> int:
         """The file's ``PRAGMA user_version`` (0 = not a listgate database)."""
         if not self.exists():
-            raise StoreError(f"no database at {self.path} (create it with 'listgate db init')")
+            raise StoreError(self._missing())
         conn = self._open("ro")
         try:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -665,6 +668,12 @@ def _parse_document(data: Any) -> tuple[list[dict[str, Any]], list[tuple[str | N
 # -- the daemon's side
 
 
+#: the BackendError cause when the database file is gone (a bad restore, a wrong path)
+STORE_MISSING = ("the store is missing (no such file); restore it from a backup or an "
+                 "export (listgate lists import), or create an empty one with "
+                 "listgate db init")
+
+
 def _cause(exc: BaseException) -> str:
     """A one-line reason: ``No such file or directory``, ``file is not a database``."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -755,6 +764,10 @@ class SqliteBackend(model.Backend):
             st = os.stat(self.path)
             ident = (st.st_dev, st.st_ino)
             conn = self._checkout(ident)
+        except FileNotFoundError as e:
+            # never created here (the daemon opens read-only): a lost store must not
+            # become an empty one that gates nothing
+            raise self._error(STORE_MISSING) from e
         except (sqlite3.Error, OSError, ValueError) as e:
             raise self._error(_cause(e)) from e
         try:

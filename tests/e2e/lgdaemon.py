@@ -44,6 +44,12 @@ class ListgateDaemon:
         self.nameservers = nameservers
         self.proc: subprocess.Popen | None = None
         self.write_config()
+        # what the Debian package's first install (or `make run`) does: only an explicit
+        # `listgate db init` creates the store, never the daemon or a list command
+        from listgate.backends.sqlite import SqliteStore
+
+        with SqliteStore(str(self.db)) as store:
+            store.init()
 
     def write_config(self, extra: str | None = None) -> None:
         if extra is not None:

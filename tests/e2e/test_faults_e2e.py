@@ -9,10 +9,12 @@ sessions waiting for it.  (Issue 11.)
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import infra
 import pytest
@@ -248,3 +250,86 @@ def test_slow_mailman_rest_gets_listgates_4xx_within_the_backend_budget(
     finally:
         d.close()
         proxy.stop()
+
+
+# --------------------------------------------------------------------------- a lost store
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "listgate.service"
+
+
+def start_as_the_unit_does(d: ListgateDaemon) -> ListgateDaemon:
+    """Run the shipped unit's ExecStartPre= commands, then its ExecStart= (checked to be
+    the ``serve`` the test daemon runs), with the unit's paths pointed at this daemon."""
+    lines = UNIT.read_text().splitlines()
+    start = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+    assert start == ["/usr/bin/listgate -c ${LISTGATE_CONFIG} serve"], start
+    for line in lines:
+        if line.startswith("ExecStartPre="):
+            cmd = line.split("=", 1)[1].lstrip("-+!@:")
+            argv = shlex.split(cmd.replace("${LISTGATE_CONFIG}", str(d.cfg_path)))
+            assert argv[0] == "/usr/bin/listgate", argv
+            d.cli(*argv[3:]) if argv[1:3] == ["-c", str(d.cfg_path)] else d.cli(*argv[1:])
+    return d.start()
+
+
+def test_a_deleted_store_is_451_and_an_error_never_an_unchecked_accept(
+        tmp_path, dns_factory, smtp_sink, postfix_factory):
+    """The store file deleted (a bad restore, a full disk cleaned by hand) and the service
+    restarted as its unit does: every recipient gets listgate's 451 with the reason in
+    the log, start-up and ``config check`` say so loudly, and restoring the store serves
+    again without a restart.  (Before: the unit's ExecStartPre ran ``db init``, the store
+    came back empty, and a stranger's post was accepted as "no list recipient".)"""
+    from test_postfix import delivered
+
+    dns = dns_factory(txt={"y.test": "v=spf1 ip4:127.0.0.0/8 -all"})
+    d = ListgateDaemon(nameservers=dns.nameservers,
+                       config="[network]\ninternal_connect = 127.0.0.1/32\n")
+    d.cli("lists", "create", LIST, "--default-nonmember-action", "reject")
+    d.cli("members", "add", LIST, "alice@y.test")
+    backup = tmp_path / "lists.json"
+    d.cli("lists", "export", str(backup))
+    start_as_the_unit_does(d)
+    try:
+        mta = postfix_factory(milter=d.postfix_milter, relay_domains=["lists.test"])
+
+        def post(sender: str) -> tuple[infra.SmtpResult, bytes]:
+            msg = infra.make_message(from_=sender, to=LIST, subject="lost store?")
+            return infra.smtp_transaction("127.0.0.1", mta.port, helo="mail.y.test",
+                                          mail_from=sender, rcpts=[LIST], message=msg,
+                                          source_ip=EXTERNAL_IP), msg
+
+        r, _ = post("stranger@y.test")
+        assert r.data.code == 550, r.steps()
+        d.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{d.db}{suffix}").unlink(missing_ok=True)
+        mark = d.log_size()
+        start_as_the_unit_does(d)
+        assert not d.db.exists(), "the service's start created a store"
+        d.wait_for_log(r"ERROR backend sqlite cannot be read: sqlite \S+listgate\.db: the store "
+                       r"is missing \(no such file\); restore it .*; until it can, every "
+                       r"recipient is answered 451 4\.3\.0", since=mark)
+        for sender in ("stranger@y.test", "alice@y.test"):
+            r, _ = post(sender)
+            assert [str(x) for x in r.rcpts] == [
+                "451 4.3.0 Temporary failure looking up the recipient list; try again later"
+            ], r.steps()
+        d.wait_for_log(r"TEMPFAIL: rcpt to <dev@lists\.test>: backend error: sqlite \S+: "
+                       r"the store is missing", since=mark)
+        check = d.cli("config", "check", "--resolve", "y.test", check=False)
+        assert check.returncode == 1
+        assert "backend sqlite: ERROR sqlite " in check.stdout.decode()
+        assert "the store is missing" in check.stdout.decode()
+        # an empty store (db init alone) gates nothing: config check warns
+        d.cli("db", "init")
+        check = d.cli("config", "check", "--resolve", "y.test")
+        assert "warning: backend sqlite holds no lists: no recipient is a list" in (
+            check.stdout.decode())
+        d.cli("lists", "import", str(backup))
+        r, _ = post("stranger@y.test")
+        assert r.data.code == 550, r.steps()
+        r, msg = post("alice@y.test")
+        assert r.data.code == 250, r.steps()
+        delivered(smtp_sink, msg)
+    finally:
+        d.close()

@@ -136,6 +136,16 @@ def test_installs_its_files_and_conffile(installed: None) -> None:
         assert (pwd.getpwuid(st.st_uid).pw_name, st.st_mode & 0o777) == ("listgate", 0o750)
 
 
+def test_first_install_creates_the_store_and_nothing_else_does(installed: None) -> None:
+    """postinst runs ``db init`` as user listgate (the daemon and the unit never create
+    it: a store lost later must not come back empty)."""
+    db = Path("/var/lib/listgate/listgate.db")
+    assert db.is_file()
+    assert pwd.getpwuid(db.stat().st_uid).pw_name == "listgate"
+    unit = Path("/lib/systemd/system/listgate.service").read_text()
+    assert not re.search(r"^ExecStartPre=.*db init", unit, re.M)
+
+
 def test_listgate_user_exists(installed: None) -> None:
     user = pwd.getpwnam("listgate")
     assert user.pw_uid < 1000 and user.pw_shell == "/usr/sbin/nologin"
@@ -199,7 +209,7 @@ for d in /run/listgate /var/lib/listgate; do
     t=$(mktemp -d); chown listgate:listgate "$t"; chmod 0750 "$t"; mount --bind "$t" "$d"
 done
 lg() { runuser -u listgate -- /usr/bin/listgate -c /etc/listgate/listgate.cfg "$@"; }
-lg db init                                       # the unit's ExecStartPre
+lg db init                       # what the package's postinst does at first install
 lg lists create dev@lists.example.org >/dev/null
 lg members add dev@lists.example.org alice@example.org >/dev/null
 # the unit's ExecStart, under MemoryDenyWriteExecute's rule; setpriv execs (no

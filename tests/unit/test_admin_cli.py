@@ -49,8 +49,16 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+def bare_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """A CLI whose database does not exist yet."""
     return Cli(tmp_path, capsys)
+
+
+@pytest.fixture
+def cli(bare_cli: Cli) -> Cli:
+    """A CLI on an initialised, empty database (what the package's install leaves)."""
+    bare_cli.ok("db", "init")
+    return bare_cli
 
 
 def test_every_leaf_takes_the_config_option(cli: Cli) -> None:
@@ -66,25 +74,42 @@ def test_group_without_command_is_a_usage_error(cli: Cli) -> None:
     assert e.value.code == 2
 
 
-def test_db_init(cli: Cli) -> None:
+def test_db_upgrade_if_exists(bare_cli: Cli) -> None:
+    """The package's upgrade step on a host without a store: nothing to do, exit 0."""
+    assert bare_cli.ok("db", "upgrade", "--if-exists") == (
+        f"no database at {bare_cli.path}: nothing to upgrade\n")
+    assert not bare_cli.path.exists()
+    bare_cli.ok("db", "init")
+    assert "nothing to do" in bare_cli.ok("db", "upgrade", "--if-exists")
+
+
+def test_db_init(bare_cli: Cli) -> None:
+    cli = bare_cli
     assert "initialised database" in cli.ok("db", "init")
     assert "already initialised" in cli.ok("db", "init")
     assert cli.path.exists()
 
 
-def test_read_commands_refuse_a_missing_database(cli: Cli) -> None:
+def test_no_command_but_db_init_creates_the_database(bare_cli: Cli, tmp_path: Path) -> None:
+    """A lost store must not come back as an empty one from the next members add."""
+    cli = bare_cli
+    (tmp_path / "x.json").write_text('{"version": 1, "lists": []}')
     for argv in (("lists", "ls"), ("lists", "show", LIST), ("members", "ls", LIST),
-                 ("bans", "ls"), ("lists", "export", "-")):
+                 ("bans", "ls"), ("lists", "export", "-"), ("lists", "create", LIST),
+                 ("members", "add", LIST, "a@example.org"), ("bans", "add", "x@example.org"),
+                 ("lists", "import", str(tmp_path / "x.json")), ("db", "upgrade")):
         rc, out, err = cli(*argv)
         assert rc == 1, argv
-        assert err == f"listgate: no database at {cli.path} (create it with 'listgate db init')\n"
+        assert err == (f"listgate: no database at {cli.path}: if it was lost, restore it "
+                       "(from a backup, or 'listgate db init' then 'listgate lists import' "
+                       "of an export); on a new host, create it with 'listgate db init'\n")
         assert out == ""
     assert not cli.path.exists()
 
 
 def test_create_set_show_ls(cli: Cli) -> None:
     out = cli.ok("lists", "create", "Dev@Example.org", "--default-nonmember-action", "reject")
-    assert out == f"created database {cli.path}\ncreated list {LIST}\n"
+    assert out == f"created list {LIST}\n"
     cli.ok("lists", "create", "b@example.org", "--emergency", "yes")
     assert cli.ok("lists", "ls") == f"b@example.org\n{LIST}\n"
     out = cli.ok("lists", "set", LIST, "accept_these_nonmembers",
@@ -308,8 +333,9 @@ def test_import_into_a_fresh_database(cli: Cli, tmp_path: Path,
     other = Cli(tmp_path / "elsewhere", cli.capsys)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    other.ok("db", "init")
     out = other.ok("lists", "import", "-")
-    assert out.startswith(f"created database {other.path}\nimported 2 lists")
+    assert out.startswith("imported 2 lists")
     assert other.export() == json.loads(text)
 
 

@@ -51,6 +51,7 @@ def run(*args: str) -> int:
 def test_import_then_agree(mm2: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = tmp_path / "c.cfg"
     cfg.write_text(f"[sqlite]\npath = {tmp_path}/store.db\n")
+    assert run("-c", str(cfg), "db", "init") == 0
     assert run("-c", str(cfg), "lists", "import", "--from", "mailman2", str(mm2)) == 0
     assert "imported 3 lists" in capsys.readouterr().out
     store = SqliteBackend(f"{tmp_path}/store.db")
@@ -214,6 +215,7 @@ def test_the_store_never_refuses_what_mailman2_accepts(tmp_path: Path) -> None:
     _pipeline_list(d)
     cfg = tmp_path / "c.cfg"
     cfg.write_text(f"[sqlite]\npath = {tmp_path}/store.db\n")
+    assert run("-c", str(cfg), "db", "init") == 0
     assert run("-c", str(cfg), "lists", "import", "--from", "mailman2", str(d)) == 0
     store = SqliteBackend(f"{tmp_path}/store.db")
     mm2 = Mailman2Backend(str(d))

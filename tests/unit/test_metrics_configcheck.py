@@ -135,8 +135,9 @@ def test_install_counts_through_the_logger_and_keeps_the_log_level(tmp_path: Pat
     db = tmp_path / "db"
     cfg = config.parse(f"[sqlite]\npath = {db}\n[metrics]\nlisten = 127.0.0.1:1\n"
                        "[milter]\nlog_level = warning\n")
-    cli.main(["-c", _write(tmp_path, f"[sqlite]\npath = {db}\n"), "lists", "create",
-              "dev@lists.test"])
+    cfg_path = _write(tmp_path, f"[sqlite]\npath = {db}\n")
+    assert cli.main(["-c", cfg_path, "db", "init"]) == 0
+    assert cli.main(["-c", cfg_path, "lists", "create", "dev@lists.test"]) == 0
     log = logging.getLogger("listgate.test-metrics")
     log.propagate = False
     stream = tmp_path / "log"
@@ -210,6 +211,7 @@ def test_config_check_lists_and_unknown_sections(tmp_path: Path, capsys) -> None
                            "[lists]\ninternal_only = board@lists.test\n"
                            "[list:dev@lists.test]\nnonmember_hold_action = tempfail\n"
                            "[list:gone@lists.test]\nmember_hold_action = reject\n")
+    assert cli.main(["-c", cfg, "db", "init"]) == 0
     for name in ("dev@lists.test", "board@lists.test"):
         assert cli.main(["-c", cfg, "lists", "create", name]) == 0
     capsys.readouterr()

@@ -238,7 +238,9 @@ def test_missing_database_is_an_error_not_a_new_file(tmp_path: Path) -> None:
     b = SqliteBackend(str(path))
     with pytest.raises(model.BackendError) as e:
         b.find_list(LIST)
-    assert str(e.value) == f"sqlite {path}: No such file or directory"
+    assert str(e.value) == (f"sqlite {path}: the store is missing (no such file); restore "
+                            "it from a backup or an export (listgate lists import), or "
+                            "create an empty one with listgate db init")
     assert not path.exists()
 
 
@@ -316,7 +318,7 @@ def test_deleted_then_recreated(cfg: config.Config, store: SqliteStore,
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(cfg.sqlite.path + suffix):
             os.unlink(cfg.sqlite.path + suffix)
-    with pytest.raises(model.BackendError, match="No such file or directory"):
+    with pytest.raises(model.BackendError, match="the store is missing"):
         backend.find_list(LIST)
     with SqliteStore(cfg.sqlite.path) as s:
         s.init()
