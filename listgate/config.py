@@ -259,6 +259,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "user": Opt("", _str),
         "group": Opt("", _str),
         "shutdown_timeout": Opt("30", _seconds),
+        "reload_timeout": Opt("600", _seconds),
     },
     "network": {
         "internal_connect": Opt("127.0.0.0/8, ::1/128", _networks),

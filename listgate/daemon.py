@@ -22,10 +22,12 @@ signal.c, main.c, listener.c and engine.c -- and what listgate does about it:
 * A second thread of ours ``sigwait``-ing SIGHUP would race libmilter's for each
   signal: whichever the kernel wakes gets it.
 
-Hence two processes.  The main process (the PID systemd and the admin signal) never
-runs libmilter: it only turns HUP/TERM/INT/USR1 into one byte on a pipe to a worker
-process it forks, and exits with the worker's status.  The worker runs libmilter and
-a control thread reading that pipe:
+Hence two processes (or more, during a takeover).  The main process (the PID systemd
+and the admin signal) never runs libmilter: it starts worker processes (a fresh
+interpreter each, see :class:`Supervisor`), turns HUP/TERM/INT/USR1 into one byte on
+a pipe to the serving worker, replaces a worker that dies, and on USR2 lets a new
+worker take over the socket.  A worker runs libmilter and a control thread reading
+that pipe:
 
 * HUP re-reads the config and swaps the engine for new connections (a replaced
   engine's backend is closed when its last connection ends);
@@ -33,7 +35,9 @@ a control thread reading that pipe:
   ``milter_default_action``, as for a stopped daemon), waits up to ``[milter]
   shutdown_timeout`` for those in flight, then calls ``smfi_stop`` and wakes the
   listener with a connection of its own: exit 0 well under a second when idle;
-* INT does the same without waiting.
+* INT does the same without waiting;
+* D (sent after a USR2 takeover) serves the connections it has without refusing
+  any, for at most ``[milter] reload_timeout``, then stops the same way.
 
 Signals sent to the worker itself still reach libmilter, which then stops at once
 (connections in flight are cut off): under systemd use ``KillMode=mixed`` so that
@@ -42,13 +46,16 @@ only the main process gets SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
 import pwd
 import re
+import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -310,7 +317,7 @@ def serve(cfg: Config) -> int:
 
     Start-up order: switch user (before anything is created, so the socket, the log
     file and the SQLite journal belong to the daemon user), check what must be
-    writable, open the log, then fork the worker.
+    writable, open the log, then start the worker.
     """
     try:
         ident = resolve_identity(cfg)
@@ -333,47 +340,369 @@ def serve(cfg: Config) -> int:
 
 
 def supervise(cfg: Config) -> int:
-    """Fork the worker and relay HUP/TERM/INT/USR1 to it; its exit status.
+    """Run workers until a stop; the exit status (see :class:`Supervisor`)."""
+    return Supervisor(cfg).run()
 
-    The signals are blocked across the fork: the worker starts with them blocked (as
-    libmilter wants), and the main process installs its handlers before unblocking.
-    """
-    rfd, wfd = os.pipe()
-    signal.pthread_sigmask(signal.SIG_BLOCK, set(_COMMANDS))
-    pid = os.fork()
-    if pid == 0:  # the worker
-        code = 1
-        try:
-            os.close(wfd)
-            for sig in _COMMANDS:
-                signal.signal(sig, signal.SIG_DFL)
-            code = Worker(cfg, rfd).run()
-        except ConfigError as e:
-            print(f"listgate: config error: {e}", file=sys.stderr)
-            code = 2
-        except BaseException:  # the worker must end with _exit
-            log.exception("listgate worker failed")
-        finally:
-            logging.shutdown()
-            os._exit(code)
-    os.close(rfd)
 
-    def relay(signum: int, _frame: object) -> None:
+#: how the main process starts a worker: a fresh interpreter, so that a takeover after
+#: a package upgrade runs the new code
+_WORKER_BOOT = ("import sys; from listgate.daemon import worker_main; "
+                "sys.exit(worker_main(sys.argv[1:]))")
+#: a new worker that is not listening after this long is given up (and killed)
+WORKER_READY_TIMEOUT = 60.0
+#: crash-loop backoff: a worker that dies within QUICK_CRASH seconds of its start
+#: counts as a crash in a row; the n-th in a row waits min(2 ** (n - 2), BACKOFF_MAX)
+#: seconds before the next start (the first none).  A worker that lived longer resets it.
+QUICK_CRASH = 10.0
+BACKOFF_MAX = 30.0
+
+
+@dataclass
+class Child:
+    """A worker process, as the main process sees it."""
+
+    pid: int
+    control: int  #: write end of its control pipe (one-byte commands)
+    status: int  #: read end of its status pipe: b"R" once it listens
+    listen: str  #: the socket spec it listens on
+    path: str | None  #: its own socket file (unix sockets), linked to the public name
+    why: str  #: "start", "reload" or "respawn"
+    started: float = 0.0
+    ready: bool = False
+    error: str = ""  #: why it could not start (a config error), as it reported it
+
+    def send(self, cmd: bytes) -> None:
         try:
-            os.write(wfd, _COMMANDS[signal.Signals(signum)])
+            os.write(self.control, cmd)
         except OSError:
-            pass  # the worker is gone: waitpid below returns
+            pass  # gone: reaped below
 
-    for sig in _COMMANDS:
-        signal.signal(sig, relay)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_COMMANDS))
-    _, status = os.waitpid(pid, 0)  # retried after each signal handler (PEP 475)
-    os.close(wfd)
-    if os.WIFSIGNALED(status):
-        log.error("listgate worker %d killed by signal %s", pid,
-                  signal.Signals(os.WTERMSIG(status)).name)
-        return 1
-    return os.WEXITSTATUS(status)
+
+class Supervisor:
+    """The main process: starts the workers, relays signals, replaces a crashed worker,
+    and lets a fresh worker take over the socket on SIGUSR2 (``systemctl reload``).
+
+    With a unix socket each worker creates its socket file under a name of its own
+    (``PATH.<main pid>-<n>``); once it answers there, that file is renamed over the
+    public name ``PATH`` the MTA connects to, so there is no instant at which ``PATH``
+    is missing.  The worker it replaces still holds its own listener, now nameless: it
+    serves what it had, and what was queued on that listener, and stops when its
+    connections end (bounded by ``[milter] reload_timeout``).  The name libmilter
+    unlinks when it stops (a daemon not running as root) is the worker's own, long
+    gone, never the public one.  Over TCP two listeners cannot share
+    the port (libmilter binds without SO_REUSEPORT), so SIGUSR2 reloads in place.
+
+    A worker that dies (killed, or a non-zero exit) is replaced at once; in a crash loop
+    the restarts back off (1, 2, 4 ... 30 s).  Meanwhile the public name points at a
+    dead socket: the MTA's connections are refused and it applies its
+    ``milter_default_action``.  A worker that exits 0 stopped on purpose (SIGTERM sent to
+    the worker itself): the daemon exits 0.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        spec = cfg.milter.socket
+        self.public = spec.split(":", 1)[1] if spec.startswith(("unix:", "local:")) else None
+        self.current: Child | None = None
+        self.pending: Child | None = None
+        self.draining: dict[int, Child] = {}
+        self.stopping: bytes | None = None
+        self.status = 0
+        self.generation = 0
+        self.crashes = 0  #: crashes in a row (see QUICK_CRASH)
+        self.respawn_at: float | None = None
+        self._wake: tuple[int, ...] = ()
+
+    # -- workers
+
+    def spawn(self, why: str) -> Child:
+        self.generation += 1
+        if self.public is None:
+            listen, path = self.cfg.milter.socket, None
+        else:
+            path = f"{self.public}.{os.getpid()}-{self.generation}"
+            listen = f"unix:{path}"
+        rc, wc = os.pipe()
+        rs, ws = os.pipe()
+        for fd in (rc, ws):
+            os.set_inheritable(fd, True)
+        argv = [sys.executable, "-c", _WORKER_BOOT, "--control-fd", str(rc),
+                "--status-fd", str(ws), "--listen", listen, "-c", self.cfg.path]
+        # the commands stay blocked across fork and exec: the worker starts with them
+        # blocked, as libmilter wants, and no handler of ours runs in the child
+        signal.pthread_sigmask(signal.SIG_BLOCK, {*_COMMANDS, signal.SIGUSR2, signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child execs at once
+                try:
+                    signal.set_wakeup_fd(-1)
+                    for sig in (*_COMMANDS, signal.SIGUSR2, signal.SIGCHLD):
+                        signal.signal(sig, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2, signal.SIGCHLD})
+                    try:
+                        os.execv(sys.executable, argv)
+                    except OSError as e:
+                        # e.g. an interpreter under a directory the daemon user cannot
+                        # enter: serve from this fork, on the code already loaded
+                        for fd in self._fds():
+                            with contextlib.suppress(OSError):
+                                os.close(fd)
+                        worker_main(argv[3:], note=f"cannot exec {sys.executable} ({e.strerror})")
+                finally:
+                    os._exit(127)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK,
+                                   {*_COMMANDS, signal.SIGUSR2, signal.SIGCHLD})
+        os.close(rc)
+        os.close(ws)
+        return Child(pid, wc, rs, listen, path, why, time.monotonic())
+
+    def _fds(self) -> list[int]:
+        """The main process's own descriptors, which a forked worker must not hold (a
+        worker learns that the main process is gone from its control pipe's EOF)."""
+        fds = list(self._wake)
+        for c in (self.current, self.pending, *self.draining.values()):
+            if c is not None:
+                fds += [c.control, c.status]
+        return fds
+
+    def promote(self, child: Child) -> None:
+        """``child`` listens: make it the one the MTA reaches; the old one hands over."""
+        child.ready = True
+        if self.pending is child:
+            self.pending = None
+        if child.path is not None:
+            # atomic: PATH always names a listening socket.  A rename, not a second
+            # hard link: sendmail refuses a milter socket with more than one link
+            # ("unsafe: Hard links not allowed")
+            os.rename(child.path, self.public)
+        old, self.current = self.current, child
+        if child.why == "respawn":
+            log.info("worker %d serving after the crash (%.2fs after it started)", child.pid,
+                     time.monotonic() - child.started)
+        if old is not None:
+            log.info("reload: worker %d (new code and config) took over %s in %.2fs; worker "
+                     "%d finishes the connections it has", child.pid, self.cfg.milter.socket,
+                     time.monotonic() - child.started, old.pid)
+            old.send(b"D")
+            self.draining[old.pid] = old
+        if self.stopping:
+            child.send(self.stopping)
+
+    def _forget(self, child: Child) -> None:
+        for fd in (child.control, child.status):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if child.path is not None:
+            # libmilter unlinks it itself unless it runs as root; a crash leaves it
+            with contextlib.suppress(OSError):
+                os.unlink(child.path)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            what = (f"killed by signal {signal.Signals(-code).name}" if code < 0
+                    else f"exited with status {code}")
+            if self.pending is not None and pid == self.pending.pid:
+                child, self.pending = self.pending, None
+                self._forget(child)
+                if child.why == "start":
+                    log.error("listgate worker %d %s before it listened%s", pid, what,
+                              f": {child.error}" if child.error else "")
+                    self.status = code if code > 0 else 1
+                    self.stopping = self.stopping or b"T"
+                elif child.why == "reload":
+                    log.error("SIGUSR2: reload failed, keeping the running worker %d: the new "
+                              "worker %d %s before it listened%s",
+                              self.current.pid if self.current else 0, pid, what,
+                              f": {child.error}" if child.error else "")
+                else:
+                    self._crashed(child, what)
+            elif self.current is not None and pid == self.current.pid:
+                child, self.current = self.current, None
+                self._forget(child)
+                if self.stopping or code == 0:
+                    self.status = max(code, 0) if not self.stopping else (
+                        code if code >= 0 else 1)
+                    if not self.stopping:  # it stopped on its own (a signal sent to it)
+                        self.stopping = b"T"
+                        for c in self.draining.values():
+                            c.send(b"T")
+                else:
+                    self._crashed(child, what)
+            elif pid in self.draining:
+                child = self.draining.pop(pid)
+                self._forget(child)
+                log.info("worker %d (replaced by a reload) %s", pid, what)
+
+    def _crashed(self, child: Child, what: str) -> None:
+        now = time.monotonic()
+        self.crashes = self.crashes + 1 if now - child.started < QUICK_CRASH else 1
+        n = self.crashes
+        delay = 0.0 if n == 1 else min(2.0 ** (n - 2), BACKOFF_MAX)
+        log.error("listgate worker %d %s: starting a new one%s", child.pid, what,
+                  f" in {delay:g}s ({n} crashes in a row, each within {QUICK_CRASH:g}s of "
+                  "its start)" if delay else "")
+        self.respawn_at = now + delay
+
+    # -- signals
+
+    def on_signal(self, signum: int) -> None:
+        sig = signal.Signals(signum)
+        if sig == signal.SIGCHLD:
+            return  # reaped by the loop
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            cmd = _COMMANDS[sig]
+            self.stopping = b"I" if b"I" in (cmd, self.stopping) else cmd
+            self.respawn_at = None
+            for c in (self.current, *self.draining.values()):
+                if c is not None:
+                    c.send(cmd)
+            if self.pending is not None:  # not serving anything yet
+                with contextlib.suppress(OSError):
+                    os.kill(self.pending.pid, signal.SIGKILL)
+            return
+        if self.stopping:
+            return
+        if sig == signal.SIGUSR2:
+            self.takeover()
+        elif self.current is not None:
+            self.current.send(_COMMANDS[sig])
+
+    def takeover(self) -> None:
+        if self.current is None or self.pending is not None:
+            log.warning("SIGUSR2: a worker is starting already; reload not repeated")
+            return
+        if self.public is None:
+            log.warning("SIGUSR2: over TCP a new worker cannot take over the port while the "
+                        "old one listens: reloading the configuration in place (the running "
+                        "code stays; restart for new code)")
+            self.current.send(b"H")
+            return
+        log.info("SIGUSR2: starting a new worker to take over %s", self.cfg.milter.socket)
+        self.pending = self.spawn("reload")
+
+    # -- the loop
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        self._wake = (wake_r, wake_w)
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (*_COMMANDS, signal.SIGUSR2, signal.SIGCHLD):
+            signal.signal(sig, lambda *_a: None)  # the wakeup fd carries the number
+        if self.public is not None:
+            remove_stale_sockets(self.public)
+        self.pending = self.spawn("start")
+        while self.current or self.pending or self.draining or not self.stopping:
+            now = time.monotonic()
+            if self.respawn_at is not None and now >= self.respawn_at and not self.pending:
+                self.respawn_at = None
+                if not self.stopping:
+                    self.pending = self.spawn("respawn")
+            timeout = 1.0
+            if self.respawn_at is not None:
+                timeout = max(0.0, min(timeout, self.respawn_at - now))
+            fds = [wake_r] + ([self.pending.status] if self.pending else [])
+            try:
+                readable, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                readable = []
+            if wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    for signum in os.read(wake_r, 256):
+                        self.on_signal(signum)
+            pending = self.pending
+            if pending is not None and pending.status in readable:
+                with contextlib.suppress(OSError):
+                    said = os.read(pending.status, 4096)
+                    if said == b"R":
+                        self.promote(pending)
+                    elif said.startswith(b"E"):
+                        pending.error = said[1:].decode("utf-8", "replace")
+            self.reap()
+            pending = self.pending
+            if (pending is not None and not pending.ready
+                    and time.monotonic() - pending.started > WORKER_READY_TIMEOUT):
+                log.error("worker %d is not listening after %gs: killed", pending.pid,
+                          WORKER_READY_TIMEOUT)
+                with contextlib.suppress(OSError):
+                    os.kill(pending.pid, signal.SIGKILL)
+        if self.public is not None:
+            remove_stale_sockets(self.public, public_too=True)
+        return self.status
+
+
+def remove_stale_sockets(public: str, public_too: bool = False) -> None:
+    """Remove the per-worker socket files a crashed daemon left beside ``public``
+    (``PATH.<pid>-<n>``), and at exit ``public`` itself, when nothing listens on
+    them."""
+    parent = os.path.dirname(public) or "."
+    base = os.path.basename(public)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    pattern = re.compile(re.escape(base) + r"\.\d+-\d+")
+    for name in names:
+        if pattern.fullmatch(name) or (public_too and name == base):
+            path = os.path.join(parent, name)
+            if _stale_socket(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def _stale_socket(path: str) -> bool:
+    """A socket file nobody listens on."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def worker_main(argv: list[str], note: str = "") -> int:
+    """A worker process, exec'd by the main process (see :class:`Supervisor`).
+    ``note``: why it runs in a plain fork instead (logged)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="listgate worker")
+    p.add_argument("--control-fd", type=int, required=True)
+    p.add_argument("--status-fd", type=int, required=True)
+    p.add_argument("--listen", required=True)
+    p.add_argument("-c", dest="config", required=True)
+    args = p.parse_args(argv)
+    code = 1
+    try:
+        cfg = load(args.config)
+        code = Worker(cfg, args.control_fd, args.status_fd, args.listen, note).run()
+    except ConfigError as e:
+        print(f"listgate: config error: {e}", file=sys.stderr)
+        # the main process logs it (this process has no log without a config)
+        with contextlib.suppress(OSError):
+            os.write(args.status_fd, b"E" + str(e).encode("utf-8", "replace")[:3000])
+        code = 2
+    except BaseException:  # the worker must end with _exit
+        log.exception("listgate worker failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -382,9 +711,19 @@ def supervise(cfg: Config) -> int:
 class Worker:
     """The process that runs libmilter, and its control thread."""
 
-    def __init__(self, cfg: Config, control_fd: int) -> None:
+    def __init__(self, cfg: Config, control_fd: int, status_fd: int | None = None,
+                 listen: str | None = None, note: str = "") -> None:
+        self.note = note
         #: the configuration in force (replaced by a successful reload)
         self.cfg = cfg
+        #: where this worker listens: its own socket file (see Supervisor), or the port
+        self.listen = listen or cfg.milter.socket
+        #: b"R" is written here once the socket answers
+        self.status_fd = status_fd
+        #: the drain's end (time.monotonic()); a SIGTERM during a hand-over brings it in
+        self._drain_deadline = 0.0
+        #: a new worker took over the public socket name (see hand_over)
+        self.handed_over = False
         #: the start-up configuration: its RESTART_ONLY values stay in force
         self.boot_cfg = cfg
         self.control_fd = control_fd
@@ -397,6 +736,9 @@ class Worker:
     def run(self) -> int:
         cfg = self.cfg
         setup_logging(cfg)  # the worker's own handler (closes the inherited one)
+        if self.note:
+            log.warning("worker %d: %s: it runs the code the main process loaded (a reload "
+                        "takes new config, not new code)", os.getpid(), self.note)
         engine = build_engine(cfg, log, background_refresh=True)
         log_stats_on_sigusr1(lambda: ListgateMilter.engine)
         if cfg.metrics.listen:  # [metrics]: imported only when on, so free when off
@@ -408,14 +750,16 @@ class Worker:
         ListgateMilter.engine = engine
         Milter.factory = ListgateMilter
         Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
-        sock = cfg.milter.socket
+        sock = self.listen
         os.umask(cfg.milter.umask)
         port = _inet_port(sock)
         if port is not None and cfg.milter.tcp_nodelay:
             set_nodelay_when_bound(port)
         threading.Thread(target=self._control, name="control", daemon=True).start()
-        self.rescuer = Rescuer(ListgateMilter.busy, lambda: sock)
+        self.rescuer = Rescuer(ListgateMilter.busy, lambda: self.wake_specs()[-1])
         self.rescuer.start()
+        if self.status_fd is not None:
+            threading.Thread(target=self._report_ready, name="ready", daemon=True).start()
         log.info("listgate %s starting: socket=%s mode=%s backend=%s", __version__, sock,
                  cfg.milter.mode, engine.backend.name)
         try:
@@ -432,6 +776,24 @@ class Worker:
         log.info("listgate stopped (%s)", ListgateMilter.engine.stats())
         ListgateMilter.engine.close()
         return 0
+
+    def _report_ready(self) -> None:
+        """Tell the main process once our socket answers (libmilter binds it inside
+        runmilter), so it can point the public name at it."""
+        fd, self.status_fd = self.status_fd, None
+        assert fd is not None
+        try:
+            deadline = time.monotonic() + WORKER_READY_TIMEOUT
+            while time.monotonic() < deadline and not self.stopping:
+                if wake_listener(self.listen):
+                    os.write(fd, b"R")
+                    return
+                time.sleep(0.01)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # -- control
 
@@ -451,6 +813,8 @@ class Worker:
                     log.info("stats: %s", ListgateMilter.engine.stats())
                 elif cmd == b"T":
                     self.stop(drain=True, why="SIGTERM")
+                elif cmd == b"D":
+                    self.hand_over()
                 elif cmd == b"I":
                     self.stop(drain=False, why="SIGINT")
                 elif not cmd:
@@ -467,10 +831,47 @@ class Worker:
             if not drain:
                 self._hurry.set()
             if self.stopping:
+                # a hand-over in progress: now bounded by shutdown_timeout
+                self._drain_deadline = min(
+                    self._drain_deadline, time.monotonic() + self.cfg.milter.shutdown_timeout)
                 return
             self.stopping = True
         ListgateMilter.accepting = False
         threading.Thread(target=self._stop, args=(drain, why), name="stop", daemon=True).start()
+
+    def hand_over(self) -> None:
+        """A new worker took over the public socket name: serve the connections we have
+        (and those still queued on our own listener) without refusing any, then stop;
+        at most ``[milter] reload_timeout`` seconds."""
+        with self._lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            self.handed_over = True
+        threading.Thread(target=self._hand_over, name="hand-over", daemon=True).start()
+
+    def wake_specs(self) -> list[str]:
+        """Where a connection reaches our own listener: the name it was created under
+        (until the main process renames it), then the public name -- until a
+        takeover, after which no name reaches it (libmilter then notices a stop
+        within MI_CHK_TIME)."""
+        if self.handed_over or self.listen == self.boot_cfg.milter.socket:
+            return [self.listen]
+        return [self.listen, self.boot_cfg.milter.socket]
+
+    def _hand_over(self) -> None:
+        try:
+            timeout = self.cfg.milter.reload_timeout
+            log.info("reload: a new worker serves new connections; this worker (pid %d) "
+                     "finishes its %d, for at most %gs ([milter] reload_timeout)",
+                     os.getpid(), ListgateMilter.connections.count(), timeout)
+            time.sleep(0.2)  # what was queued on our listener before the switch is served
+            left = self._drain(timeout)
+            if left:
+                log.warning("[milter] reload_timeout: %d connection(s) of the replaced worker "
+                            "still open after %gs are cut off", left, timeout)
+        finally:
+            self._stop_libmilter()
 
     def _stop(self, drain: bool, why: str) -> None:
         try:
@@ -498,21 +899,22 @@ class Worker:
         # is just accepted (and refused at negotiation) as any other.
         deadline = time.monotonic() + MI_CHK_TIME + 1
         while stopper.is_alive() and time.monotonic() < deadline:
-            wake_listener(self.boot_cfg.milter.socket)
+            for spec in self.wake_specs():
+                wake_listener(spec)
             stopper.join(0.05)
 
     def _drain(self, timeout: float) -> int:
         """Wait until no connection is open, ``timeout`` passes or SIGINT; the number left."""
-        deadline = time.monotonic() + timeout
+        self._drain_deadline = time.monotonic() + timeout
         while not self._hurry.is_set():
             left = ListgateMilter.connections.wait_idle(
-                min(0.1, max(0.0, deadline - time.monotonic())))
+                min(0.1, max(0.0, self._drain_deadline - time.monotonic())))
             if left == 0:
                 # one more look: a connection accepted just now may be negotiating
                 time.sleep(0.05)
                 if ListgateMilter.connections.count() == 0:
                     return 0
-            elif time.monotonic() >= deadline:
+            elif time.monotonic() >= self._drain_deadline:
                 return left
         return ListgateMilter.connections.count()
 
@@ -579,23 +981,25 @@ def _smfi_stop() -> None:
         log.error("smfi_stop failed: %s", e)
 
 
-def wake_listener(spec: str) -> None:
-    """Connect to our own milter socket (and hang up) to end libmilter's poll now."""
+def wake_listener(spec: str) -> bool:
+    """Connect to our own milter socket (and hang up) to end libmilter's poll now.
+    Whether it answered."""
     try:
         if spec.startswith(("unix:", "local:")):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(1)
                 s.connect(spec.split(":", 1)[1])
-            return
+            return True
         m = re.fullmatch(r"inet6?:(\d+)@\[?([^\]]*)\]?", spec)
         if not m:
-            return
+            return False
         host = m.group(2)
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
         with socket.create_connection((host, int(m.group(1))), timeout=1):
             pass
+        return True
     except OSError:
-        pass
+        return False
 
 
 class Rescuer:

@@ -56,7 +56,7 @@ def test_unit_names_the_packaged_paths() -> None:
     """The directories and reload wiring README.md documents."""
     text = UNIT.read_text()
     for line in ("User=listgate", "RuntimeDirectory=listgate", "StateDirectory=listgate",
-                 "LogsDirectory=listgate", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "LogsDirectory=listgate", "ExecReload=/bin/kill -USR2 $MAINPID",
                  "MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=\n",
                  "ExecStart=/usr/bin/listgate -c ${LISTGATE_CONFIG} serve"):
         assert line in text, line
