@@ -221,6 +221,11 @@ def test_reload_takeover_under_load_refuses_nobody_and_the_idle_session_is_deliv
                            rf"\S+ in [\d.]+s; worker {old[0]} finishes the connections it has",
                            since=mark)
             print(f"took over {time.monotonic() - switched:.2f}s after SIGUSR2")
+            new = [p for p in children(d) if p not in old]
+            assert len(new) == 1, new
+            cmdline = Path(f"/proc/{new[0]}/cmdline").read_bytes().split(b"\0")
+            assert b"--listen" in cmdline and any(b"worker_main" in a for a in cmdline), (
+                "a fresh interpreter (new code), not a fork of the main process")
             load.wait_for(30)
             assert old[0] in children(d), "the old worker still serves the idle session"
             load.stop()

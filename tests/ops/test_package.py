@@ -146,6 +146,20 @@ def test_first_install_creates_the_store_and_nothing_else_does(installed: None) 
     assert not re.search(r"^ExecStartPre=.*db init", unit, re.M)
 
 
+def test_upgrades_reload_and_never_stop_or_restart(deb: Path, tmp_path: Path) -> None:
+    """An upgrade must not refuse mail: no stop in prerm on upgrade, no restart in
+    postinst; a running service is reloaded (a fresh worker takes the socket over)."""
+    run(["dpkg-deb", "-e", str(deb), str(tmp_path)])
+    postinst = (tmp_path / "postinst").read_text()
+    prerm = (tmp_path / "prerm").read_text()
+    assert "deb-systemd-invoke reload listgate.service" in postinst
+    assert "db upgrade --if-exists" in postinst
+    for script in (postinst, prerm):
+        assert not re.search(r"deb-systemd-invoke .*\b(restart|try-restart)\b", script)
+    stops = re.findall(r".*deb-systemd-invoke stop.*", prerm)
+    assert stops and 'if [ "$1" = remove ]' in prerm.split(stops[0])[0].splitlines()[-1]
+
+
 def test_listgate_user_exists(installed: None) -> None:
     user = pwd.getpwnam("listgate")
     assert user.pw_uid < 1000 and user.pw_shell == "/usr/sbin/nologin"
