@@ -58,7 +58,6 @@ and the details (every repetition, CPU per message, settings) in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -69,7 +68,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -367,32 +365,6 @@ def run_point(cfg: Config, sink: Sink, jobs: list[Job], sessions: int) -> dict:
             "client_cpu_ms_per_msg": round(out["client_cpu_ms_per_msg"], 3)}
 
 
-@contextlib.contextmanager
-def loopback_quickack() -> Iterator[None]:
-    """Turn delayed ACKs off on the loopback routes for a while (``ip route ... quickack
-    1``), as an admin can for the route to the milter (README, Performance).
-
-    Why it matters: Postfix writes each milter command (and the macros before it) as a
-    segment of its own with Nagle's algorithm on, so a second small write waits for the
-    ACK of the first, which the milter's kernel delays by up to 40 ms when it has
-    nothing to send back (a no-reply command, a macro).  TCP_NODELAY on the milter's
-    side cannot help: the waiting is on the MTA's side.  The routes are restored after.
-    """
-    routes = [ln for ln in subprocess.run(["ip", "route", "show", "table", "local"],
-                                          capture_output=True, text=True,
-                                          check=True).stdout.splitlines()
-              if ln.startswith("local 127.")]
-    try:
-        for ln in routes:
-            subprocess.run(["ip", "route", "change", *ln.split(), "table", "local",
-                            "quickack", "1"], check=True)
-        yield
-    finally:
-        for ln in routes:
-            subprocess.run(["ip", "route", "change", *ln.split(), "table", "local"],
-                           check=False)
-
-
 def parse_counts(text: str) -> dict[int, int]:
     out = {}
     for part in text.split(","):
@@ -469,19 +441,6 @@ def part_mta(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> d
                         f"{r['seconds']:6.2f}s {r['msgs_per_s']:7.1f} msg/s "
                         f"p99 {r['p99_ms']:6.1f} ms"
                         + (f"  milter CPU {cpu:.2f} ms/msg" if cpu is not None else ""))
-        if args.quickack:
-            inet = [c for c in configs if c.name.endswith("/inet")]
-            with loopback_quickack():
-                log("loopback route: quickack 1 (delayed ACKs off), inet configs again")
-                for rep in range(args.reps):
-                    for sessions, count in counts.items():
-                        jobs = make_jobs(count, mix, messages)
-                        for cfg in inet:
-                            r = run_point(cfg, sink, jobs, sessions)
-                            results.setdefault(f"{cfg.name}+quickack", {}).setdefault(
-                                sessions, []).append(r)
-                            log(f"rep {rep + 1} {cfg.name + '+quickack':<24} s={sessions:<3} "
-                                f"{r['msgs_per_s']:7.1f} msg/s p99 {r['p99_ms']:6.1f} ms")
         nodelay = {m.transport: "TCP_NODELAY set on the milter socket" in m.d.log_text()
                    for m in milters if isinstance(m, Listgate)}
     finally:
@@ -555,6 +514,12 @@ def print_mta_table(mta: dict, reps: int) -> None:
         if mm:
             targets.append(f"listgate-mailman3/{t}: " + ", ".join(
                 f"s={s} {mm[s]['msgs_per_s'] / lg[s]['msgs_per_s']:.2f}x sqlite" for s in sess))
+    # issue 12's targets: inet at unix speed, listgate within 5% of a bare milter
+    for name in ("listgate-sqlite", "minimal-pymilter"):
+        u, i = runs.get(f"{name}/unix"), runs.get(f"{name}/inet")
+        if u and i:
+            targets.append(f"{name} inet/unix: " + ", ".join(
+                f"s={s} {i[s]['msgs_per_s'] / u[s]['msgs_per_s']:.2f}x" for s in sess))
     for line in targets:
         print("  " + line)
     print(f"listgate logged TCP_NODELAY: {mta['nodelay']}")
@@ -568,9 +533,6 @@ def main() -> int:
     ap.add_argument("--sessions", default="", help="part 1: only these session counts")
     ap.add_argument("--configs", default="",
                     help="part 1: only these configs (comma separated; no-milter always runs)")
-    ap.add_argument("--quickack", action=argparse.BooleanOptionalAction, default=True,
-                    help="part 1: also run the inet configs with delayed ACKs off on the "
-                         "loopback route (changed for the run, then restored)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     protocol.add_arguments(ap)
     ap.set_defaults(parts="mta,protocol,scale,growth,approval,chain")

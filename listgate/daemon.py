@@ -753,6 +753,8 @@ class Worker:
         sock = self.listen
         os.umask(cfg.milter.umask)
         port = _inet_port(sock)
+        # over TCP, answering DATA removes a delayed ACK per message (ListgateMilter.data)
+        ListgateMilter.data_reply = sock.startswith("inet")
         if port is not None and cfg.milter.tcp_nodelay:
             set_nodelay_when_bound(port)
         threading.Thread(target=self._control, name="control", daemon=True).start()

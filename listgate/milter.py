@@ -1,8 +1,8 @@
 """The thin pymilter layer: SMTP callbacks in, Session calls, milter answers out.
 
 Every decision is made by :mod:`listgate.engine`; this module only translates.  It
-negotiates away every callback listgate does not use (data, unknown, eoh, abort,
-and the body unless DKIM or some list's chain rules need it) and
+negotiates away every callback listgate does not use (unknown, eoh, abort, data over
+a unix socket, and the body unless DKIM or some list's chain rules need it) and
 marks the ones that never refuse ``@Milter.noreply`` (connect, HELO -- their
 refusals are delayed to MAIL FROM -- header and body), so the MTA waits for an
 answer only at MAIL, RCPT and end of message.  No exception escapes into pymilter:
@@ -170,6 +170,8 @@ class ListgateMilter(Milter.Base):
     busy = Busy()
     #: False while the daemon drains on SIGTERM: new connections are refused
     accepting = True
+    #: answer the DATA command (set by the daemon for inet sockets; see :meth:`data`)
+    data_reply = False
 
     def negotiate(self, opts: list[int]) -> int:
         """Ask only for the header actions we use; pymilter would keep all the MTA
@@ -186,6 +188,8 @@ class ListgateMilter(Milter.Base):
             # the body is read only for DKIM (a list requires authenticated senders) and
             # for lists whose rules read it: otherwise the MTA need not send it at all
             protocol = (protocol | Milter.P_NOBODY) & ~Milter.P_NR_BODY
+        if not self.data_reply:
+            protocol |= Milter.P_NODATA  # a unix socket has no delayed ACK to avoid
         opts[0] = self._actions = opts[0] & ACTIONS
         opts[1] = self._protocol = protocol
         opts[2] = opts[3] = 0
@@ -225,6 +229,20 @@ class ListgateMilter(Milter.Base):
         ip = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) else None
         self.session = self.engine.session(self.conn_id, self._reads_body)
         self.session.connect(hostname, ip, self.getsymval("j"))
+        return Milter.CONTINUE
+
+    @_guarded("data")
+    def data(self) -> int:
+        """DATA: nothing to decide, but over TCP answering it saves ~40 ms per message.
+
+        Postfix sends the DATA stage's macro packet even when the DATA event is
+        negotiated away, and flushes it just before it hands the milter connection to
+        its cleanup process.  With nothing to answer, our kernel delays the ACK of that
+        packet, and cleanup's first small write (the headers) waits for it under Nagle
+        on Postfix's side: a delayed ACK (~40 ms) per message.  A DATA event that gets a
+        reply makes Postfix read that reply before the hand-off, and the reply carries
+        the ACK.  Over a unix socket there is no such stall and the event stays
+        negotiated away (P_NODATA), saving the round trip."""
         return Milter.CONTINUE
 
     @Milter.noreply
