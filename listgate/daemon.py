@@ -512,11 +512,13 @@ class Supervisor:
             if self.pending is not None and pid == self.pending.pid:
                 child, self.pending = self.pending, None
                 self._forget(child)
-                if child.why == "start":
+                if child.why == "start" and self.stopping:
+                    self.status = 0  # stopped (SIGTERM/SIGINT) while it was starting
+                elif child.why == "start":
                     log.error("listgate worker %d %s before it listened%s", pid, what,
                               f": {child.error}" if child.error else "")
                     self.status = code if code > 0 else 1
-                    self.stopping = self.stopping or b"T"
+                    self.stopping = b"T"
                 elif child.why == "reload":
                     log.error("SIGUSR2: reload failed, keeping the running worker %d: the new "
                               "worker %d %s before it listened%s",
