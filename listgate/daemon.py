@@ -71,7 +71,7 @@ from listgate.app import build_engine
 from listgate.config import Config, ConfigError, load
 from listgate.engine import Engine
 from listgate.logfile import FastFormatter, LogFile, lean_records
-from listgate.milter import ListgateMilter
+from listgate.milter import ListgateMilter, run_milter
 from listgate.model import BackendError
 
 log = logging.getLogger("listgate")
@@ -750,7 +750,6 @@ class Worker:
             self.metrics = metrics.start(cfg, engine, log)
         check_backend(engine)
         ListgateMilter.engine = engine
-        Milter.factory = ListgateMilter
         Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
         sock = self.listen
         os.umask(cfg.milter.umask)
@@ -767,7 +766,7 @@ class Worker:
         log.info("listgate %s starting: socket=%s mode=%s backend=%s", __version__, sock,
                  cfg.milter.mode, engine.backend.name)
         try:
-            Milter.runmilter("listgate", sock, int(cfg.milter.timeout))
+            run_milter("listgate", sock, int(cfg.milter.timeout))
         except Milter.milter.error as e:
             log.error("milter failed on %s: %s", sock, e)
             return 1

@@ -410,6 +410,8 @@ class Session:
         self._dropped: set[int] = set()
         #: more than MAX_RAW_HEADERS headers came: header rules cannot be judged
         self.headers_cut = False
+        #: names (cleaned, for the log) of headers pymilter could not pass: not UTF-8
+        self.unreadable_headers: list[str] = []
         self.body_data = (BodyCollector(self.engine.cfg.milter.max_body_bytes)
                           if self.reads_body else None)
 
@@ -714,6 +716,19 @@ class Session:
                 self.log("removing an incoming Authentication-Results header that claims "
                          "our authserv-id %s", self.authserv_id)
 
+    def header_unreadable(self, name: bytes) -> None:
+        """A header pymilter could not pass: its name is not UTF-8, and its value is
+        lost with it.  The post is still judged on every other header, but a refusal of
+        the list's is then not certain -- the lost header may be one a rule reads, and
+        Python's email parser (Mailman's) ends the header section at a name that is not
+        ASCII, so the list may see the headers after it as body -- and is not given
+        (see :meth:`_list_answer_within`).  Neither Postfix nor sendmail passes such a
+        name: both end the header section there themselves."""
+        shown = clean(name.decode("ascii", "backslashreplace"), 100)
+        self.unreadable_headers.append(shown)
+        self.log("header name %s is not UTF-8: pymilter passes neither it nor its value",
+                 shown)
+
     def body(self, chunk: bytes) -> None:
         """Body bytes, kept (up to max_body_bytes) only for DKIM verification."""
         if self.body_data is not None:
@@ -907,6 +922,11 @@ class Session:
             summary += f"; trusted path via {trust.submission_ip}: trusted_path_action {action}"
             d = (OK if action == ACCEPT
                  else _awaits_moderation(list_address) if action == TEMPFAIL else d)
+        if d.refuses and self.unreadable_headers and verdict.action != TEMPFAIL:
+            summary += (f"; not refused ({d.reply}): header {self.unreadable_headers[0]} was "
+                        "not readable (name not UTF-8), and the list may read the post "
+                        "otherwise")
+            d = OK
         if d.refuses and not eng.observe:
             self.verdict("%s: %s (%s)", "REJECT" if d.action == REJECT else "TEMPFAIL", summary,
                      d.reply)

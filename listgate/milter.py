@@ -7,6 +7,15 @@ marks the ones that never refuse ``@Milter.noreply`` (connect, HELO -- their
 refusals are delayed to MAIL FROM -- header and body), so the MTA waits for an
 answer only at MAIL, RCPT and end of message.  No exception escapes into pymilter:
 a bug answers 451 4.3.0 and is logged once with its traceback.
+
+pymilter itself fails before any of this runs when it cannot make a ``str`` of a
+header name, HELO name or client host name (it decodes them strictly as UTF-8).  It
+then answers the command by its exception policy, and at a no-reply command (a header)
+its default TEMPFAIL makes libmilter drop the transaction while the MTA, told nothing,
+waits for an end-of-message answer that never comes.  So :func:`run_milter` sets the
+policy to CONTINUE, registers callbacks that never raise, and catches what pymilter
+reports (:func:`_pymilter_excepthook`): a header whose name is not UTF-8 is lost with
+its value, and the engine judges the post without it (see ``Session.header_unreadable``).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import functools
 import itertools
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +41,10 @@ _ids = itertools.count(1)
 _ACTIONS = {CONTINUE: Milter.CONTINUE, ACCEPT: Milter.ACCEPT, REJECT: Milter.REJECT,
             TEMPFAIL: Milter.TEMPFAIL}
 INTERNAL_ERROR = Reply("451", "4.3.0", "Internal error in the list filter; try again later")
+#: the ListgateMilter whose callback runs now: pymilter gives each MTA connection a
+#: Python thread state of its own (whichever libmilter worker runs the callback), and
+#: a threading.local is per thread state.  Read where pymilter reports its own failures.
+_current = threading.local()
 
 
 def milter_text(text: str) -> str:
@@ -175,7 +189,18 @@ class ListgateMilter(Milter.Base):
 
     def negotiate(self, opts: list[int]) -> int:
         """Ask only for the header actions we use; pymilter would keep all the MTA
-        offers (body replacement, recipient changes...), which is more than we may do."""
+        offers (body replacement, recipient changes...), which is more than we may do.
+
+        A failure here ends the connection as a shutdown does: with pymilter's
+        exception policy CONTINUE an escaping exception would keep every option the MTA
+        offered, including "send me nothing"."""
+        try:
+            return self._negotiate(opts)
+        except Exception:
+            log.exception("[%s] internal error in negotiate", self.conn_id)
+            return Milter.TEMPFAIL
+
+    def _negotiate(self, opts: list[int]) -> int:
         if not self.accepting:
             # shutting down: ending the connection here makes the MTA apply its
             # milter_default_action, exactly as if the daemon were already gone
@@ -199,6 +224,8 @@ class ListgateMilter(Milter.Base):
         self.conn_id = str(next(_ids))
         self.session: Session | None = None
         self.failed = False
+        self._protocol = 0
+        _current.milter = self
         # pinned: a reload swaps the class attribute for new connections only
         self.engine = type(self).engine
         self._open = True
@@ -222,6 +249,34 @@ class ListgateMilter(Milter.Base):
     def _internal_error(self) -> int:
         log.error("[%s] refusing after an earlier internal error", self.conn_id)
         return self._answer(Decision(TEMPFAIL, INTERNAL_ERROR))
+
+    def pymilter_error(self, exc: BaseException) -> None:
+        """pymilter failed on a command of this connection before calling us.
+
+        Every callback catches its own exceptions, so what pymilter reports is its own
+        failure to build a callback's arguments: a ``str`` of a header name, HELO name
+        or client host name that is not UTF-8 (``exc.object`` holds its bytes).  The
+        command answered CONTINUE (our exception policy); which one it was follows from
+        the protocol's order: headers come only after RCPT, HELO only outside a
+        transaction (a HELO lost after an RSET that followed RCPT counts as a header of
+        the aborted transaction, which the next MAIL forgets, and the earlier HELO name
+        stays).  A lost header goes to the session, which still judges the post;
+        a lost HELO is given as read (surrogate escapes, as header values are); anything
+        else (a lost CONNECT: no session) is answered 451 at the next answer."""
+        try:
+            raw = exc.object if isinstance(exc, UnicodeDecodeError) else None
+            s = self.session
+            if isinstance(raw, bytes) and s is not None:
+                if s.stage == "rcpt":
+                    s.header_unreadable(raw)
+                else:
+                    self.hello(raw.decode("utf-8", "surrogateescape"))
+                return
+            log.error("[%s] pymilter could not call listgate: %s: %s", self.conn_id,
+                      type(exc).__name__, exc)
+        except Exception:
+            log.exception("[%s] internal error after a pymilter error", self.conn_id)
+        self.failed = True
 
     @Milter.noreply
     @_guarded("connect")
@@ -307,3 +362,75 @@ class ListgateMilter(Milter.Base):
             for name, value, index in result.add_headers:
                 self.addheader(name, value, index)
         return self._answer(result.decision)
+
+
+def _lost(ctx: Any) -> ListgateMilter:
+    """The connection's ListgateMilter where pymilter never made one: after the MTA
+    reused the milter connection (QUIT_NC) pymilter failed on its CONNECT (a host name
+    not UTF-8).  It answers 451 at MAIL, as a lost CONNECT does on a first connection."""
+    m = ListgateMilter()
+    m._setctx(ctx)
+    m.failed = True
+    log.error("[%s] pymilter lost this connection's CONNECT: answering 451", m.conn_id)
+    return m
+
+
+def _negotiate(ctx: Any, opts: list[int]) -> int:
+    m = ListgateMilter()
+    m._setctx(ctx)
+    return m.negotiate(opts)
+
+
+def _connect(ctx: Any, hostname: str, family: int, hostaddr: Any) -> int:
+    m = ctx.getpriv()
+    if m is None:  # a reused milter connection (QUIT_NC): no negotiation this time
+        m = ListgateMilter()
+        m._setctx(ctx)
+    return m.connect(hostname, family, hostaddr)
+
+
+def _pymilter_excepthook(exc_type: type[BaseException], exc: BaseException,
+                         tb: Any) -> None:
+    """pymilter reports a failure with ``PyErr_Print``, which calls ``sys.excepthook`` in
+    the thread state of the connection it failed on: tell that connection."""
+    m = getattr(_current, "milter", None)
+    if m is None:
+        _previous_excepthook(exc_type, exc, tb)
+    else:
+        m.pymilter_error(exc)
+
+
+_previous_excepthook = sys.excepthook
+
+
+def run_milter(name: str, socket_spec: str, timeout: int) -> None:
+    """``Milter.runmilter``, with callbacks of our own and pymilter's exception policy
+    CONTINUE (see the module docstring): each callback finds its ListgateMilter (or
+    makes one that refuses, see :func:`_lost`), so nothing raises in pymilter's glue
+    and only pymilter's own argument failures reach the policy, where CONTINUE keeps
+    libmilter in step with an MTA that expects no reply.  Blocks until libmilter stops.
+    """
+    global _previous_excepthook
+    mod = Milter.milter
+    if sys.excepthook is not _pymilter_excepthook:
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _pymilter_excepthook
+    mod.set_exception_policy(mod.CONTINUE)
+    mod.set_connect_callback(_connect)
+    mod.set_helo_callback(lambda ctx, host: (ctx.getpriv() or _lost(ctx)).hello(host))
+    mod.set_envfrom_callback(lambda ctx, *b: (ctx.getpriv() or _lost(ctx)).envfrom_bytes(*b))
+    mod.set_envrcpt_callback(lambda ctx, *b: (ctx.getpriv() or _lost(ctx)).envrcpt_bytes(*b))
+    mod.set_header_callback(lambda ctx, f, v: (ctx.getpriv() or _lost(ctx)).header_bytes(f, v))
+    mod.set_eoh_callback(lambda ctx: (ctx.getpriv() or _lost(ctx)).eoh())
+    mod.set_body_callback(lambda ctx, chunk: (ctx.getpriv() or _lost(ctx)).body(chunk))
+    mod.set_eom_callback(lambda ctx: (ctx.getpriv() or _lost(ctx)).eom())
+    mod.set_abort_callback(lambda ctx: (ctx.getpriv() or _lost(ctx)).abort())
+    mod.set_close_callback(Milter.close_callback)
+    mod.setconn(socket_spec)
+    if timeout > 0:
+        mod.settimeout(timeout)
+    mod.register(name, negotiate=_negotiate,
+                 data=lambda ctx: (ctx.getpriv() or _lost(ctx)).data(),
+                 unknown=lambda ctx, cmd: (ctx.getpriv() or _lost(ctx)).unknown(cmd))
+    mod.opensocket(True)
+    mod.main()

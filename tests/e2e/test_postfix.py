@@ -333,3 +333,30 @@ def test_helo_whose_spf_fails_is_refused(daemon, mta, smtp_sink):
     out = check(daemon, r, msg, mail_from="bounce@pass.test", rcpts=[LIST],
                 helo="forged-helo.test", source_ip=GOOD_IP)
     assert out["stage"] == "mail"
+
+
+def test_header_name_not_utf8_ends_the_header_section(daemon, mta, smtp_sink):
+    """A header line whose name is not UTF-8 (here Latin-1) never reaches listgate
+    through a real MTA: Postfix and sendmail both end the header section at it (a name
+    must be printable ASCII) and pass the line and the rest as body.  So listgate
+    judges the headers before it -- no Subject here, which the list holds a member's
+    post for -- and answers at once; pymilter's failure on such a name is
+    test_protocol's (only a hand-made milter client sends one)."""
+    mark = daemon.log_size()
+    top = infra.make_message(from_=MEMBER, to=LIST, subject="x").split(b"\r\n\r\n")[0]
+    top = b"\r\n".join(line for line in top.split(b"\r\n") if not line.startswith(b"Subject:"))
+    msg = top + b"\r\nX-T\xe9st: value\r\nSubject: hello\r\n\r\nHello list.\r\n"
+    start = time.monotonic()
+    r = infra.smtp_transaction("127.0.0.1", mta.port, helo="mail.pass.test",
+                               mail_from="bounce@pass.test", rcpts=[LIST], message=msg,
+                               source_ip=GOOD_IP)
+    elapsed = time.monotonic() - start
+    assert r.data.code == 250, r.steps()
+    assert elapsed < 5.0, f"{elapsed:.1f} s: an MTA timeout, not listgate's answer"
+    got = delivered(smtp_sink, msg)
+    assert got.message.get("Subject") is None
+    assert b"X-T\xe9st: value\nSubject: hello\n" in got.raw
+    daemon.wait_for_log(r"ACCEPT: list=dev@lists\.test verdict=hold\(member\) rule=any "
+                        r"senders=m@pass\.test,bounce@pass\.test: Message has no subject;",
+                        since=mark)
+    assert "not UTF-8" not in daemon.log_text(mark)

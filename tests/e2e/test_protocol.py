@@ -114,13 +114,18 @@ class Mta:
                         port=0 if ip is None else 40000, address=address)
         return self
 
-    def helo(self, name: str = HELO) -> Mta:
-        self.conn._send(C.SMFIC_HELO, helo=name)
+    def helo(self, name: str | bytes = HELO) -> Mta:
+        if isinstance(name, bytes):  # raw bytes, e.g. invalid UTF-8
+            self.sock.sendall(_packet(C.SMFIC_HELO, name + b"\0"))
+        else:
+            self.conn._send(C.SMFIC_HELO, helo=name)
         return self
 
-    def header(self, name: str, value: str | bytes) -> None:
-        if isinstance(value, bytes):  # raw bytes, e.g. invalid UTF-8
-            self.sock.sendall(_packet(C.SMFIC_HEADER, name.encode() + b"\0" + value + b"\0"))
+    def header(self, name: str | bytes, value: str | bytes) -> None:
+        if isinstance(name, bytes) or isinstance(value, bytes):  # e.g. invalid UTF-8
+            name = name if isinstance(name, bytes) else name.encode()
+            value = value if isinstance(value, bytes) else value.encode()
+            self.sock.sendall(_packet(C.SMFIC_HEADER, name + b"\0" + value + b"\0"))
         else:
             self.conn._send(C.SMFIC_HEADER, name=name, value=value)
 
@@ -577,6 +582,122 @@ def test_non_utf8_envelope_bytes(daemon, where):
             assert m.rcpt(b"<d\xffv@lists.test>") == CONTINUE
     text = daemon.log_text(mark)
     assert "Traceback" not in text and "backend error" not in text, text
+
+
+# --------------------------------------------------------------------------- 8-bit names
+
+#: a header name that is not UTF-8 (Latin-1 e-acute): pymilter cannot make a str of it
+BAD_NAME = b"X-T\xe9st"
+#: as the log shows it (one line of ASCII: the byte as a Python escape)
+BAD_NAME_LOGGED = "X-T\\xe9st"
+#: well below every MTA timeout (Postfix's milter_command_timeout 30 s, sendmail's T=)
+PROMPT = 2.0
+
+
+def _timed_eom(m: Mta) -> tuple[list[tuple], float]:
+    start = time.monotonic()
+    eom = m.eom()
+    return eom, time.monotonic() - start
+
+
+@pytest.mark.parametrize("sender", [MEMBER, "stranger@pass.test"], ids=["member", "nonmember"])
+def test_header_name_not_utf8_is_answered_at_once(daemon, sender):
+    """pymilter fails on such a name before listgate runs, and with its default policy
+    (TEMPFAIL at a header the MTA expects no reply to) libmilter dropped the
+    transaction: end of message got no answer at all, until the MTA's timeout.  Now
+    the answer comes at once: the header (and its value, which pymilter never read) is
+    missing, the rest is judged as usual, a refusal the list would give is not given
+    (it is not certain: the log says why), and the headers after it are still seen
+    (the forged X-Listgate-Verdict is removed)."""
+    mark = daemon.log_size()
+    qid = f"QID8BIT{sender[0].upper()}"
+    with Mta(daemon, timeout=PROMPT + 3) as m:
+        m.connect().helo()
+        assert m.mail(sender, qid=qid) == CONTINUE
+        assert m.rcpt(LIST) == CONTINUE
+        m.header("From", sender)
+        m.header("To", LIST)
+        m.header(BAD_NAME, "a value pymilter never reads")
+        m.header("X-Listgate-Verdict", "accept; forged")
+        m.header("Subject", "hello")
+        m.assert_silent()
+        eom, elapsed = _timed_eom(m)
+        assert elapsed < PROMPT, elapsed
+        assert m.mail(MEMBER) == CONTINUE, "the connection goes on as usual"
+    assert eom[0] == (C.SMFIR_CHGHEADER,
+                      {"index": 1, "name": "X-Listgate-Verdict", "value": ""}), eom
+    assert received_spf(eom).startswith(SPF_PASS_V4)
+    assert eom[-1] == CONTINUE, eom
+    text = daemon.log_text(mark)
+    assert (f"] {qid}: header name {BAD_NAME_LOGGED} is not UTF-8: pymilter passes "
+            "neither it nor its value\n") in text, text
+    if sender == MEMBER:
+        daemon.wait_for_log(rf"\] {qid}: ACCEPT: list=dev@lists\.test verdict=accept "
+                            r"rule=member-moderation senders=m@pass\.test", since=mark)
+    else:
+        daemon.wait_for_log(
+            rf"\] {qid}: ACCEPT: list=dev@lists\.test verdict=hold\(nonmember\) "
+            r"rule=nonmember-moderation senders=stranger@pass\.test: .*; not refused "
+            r"\(550 5\.7\.2 You are not permitted to post to dev@lists\.test\. Contact "
+            rf"dev-owner@lists\.test for help\.\): header {re.escape(BAD_NAME_LOGGED)} was not "
+            r"readable \(name not UTF-8\), and the list may read the post otherwise; "
+            r"client=", since=mark)
+    assert "Traceback" not in text and " ERROR " not in text, text
+
+
+def test_header_name_not_utf8_touches_only_its_connection(daemon):
+    """pymilter reports its failure without saying for which connection: listgate
+    finds it by the Python thread state pymilter keeps per connection.  Two
+    transactions in flight at once, the name on the second only: the first, a
+    nonmember's, is still refused."""
+    with Mta(daemon) as a, Mta(daemon) as b:
+        for m in (a, b):
+            m.connect().helo()
+            assert m.mail("stranger@pass.test") == CONTINUE
+            assert m.rcpt(LIST) == CONTINUE
+            m.header("From", "stranger@pass.test")
+        b.header(BAD_NAME, "v")
+        a.header("Subject", "a")
+        b.header("Subject", "b")
+        assert [smtp(r) for r in a.eom()] == [REJECT_TEXT]
+        assert b.eom()[-1] == CONTINUE
+        # the next transaction on the same connection starts clean
+        _, _, eom = b.post("stranger@pass.test", [LIST], [("From", "stranger@pass.test")])
+        assert [smtp(r) for r in eom] == [REJECT_TEXT]
+
+
+def test_helo_not_utf8_is_read_as_given(daemon):
+    """pymilter fails on such a HELO name too (Postfix and sendmail refuse it
+    themselves): listgate reads it with surrogate escapes, as header values, instead
+    of finding no HELO ("550 Say HELO or EHLO first" before)."""
+    mark = daemon.log_size()
+    with Mta(daemon) as m:
+        m.connect().helo(b"mail.p\xe9ss.test")
+        m.assert_silent()
+        assert m.mail(MEMBER, qid="QIDHELO8") == CONTINUE
+    assert "QIDHELO8: SPF" in daemon.log_text(mark)
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["first", "after-quit-nc"])
+def test_client_host_name_not_utf8_tempfails_at_mail(daemon, reused):
+    """A CONNECT pymilter cannot pass (host name not UTF-8) is answered 451 at MAIL,
+    also where the MTA reused the milter connection (QUIT_NC: pymilter has no
+    listgate object for it then), never let through unchecked."""
+    mark = daemon.log_size()
+    with Mta(daemon) as m:
+        if reused:
+            m.connect(None, hostname="localhost")
+            assert m.mail(MEMBER) == CONTINUE
+            m.abort()
+            m.conn._send(C.SMFIC_QUIT_NC)
+        m.sock.sendall(_packet(C.SMFIC_CONNECT, b"h\xe9st.pass.test\0" + C.SMFIA_INET.encode()
+                               + struct.pack("!H", 40000) + EXT_IP.encode() + b"\0"))
+        m.helo()
+        mail = m.mail(MEMBER)
+        assert smtp(mail) == "451 4.3.0 Internal error in the list filter; try again later"
+    text = daemon.log_text(mark)
+    assert ("pymilter lost this connection's CONNECT" if reused
+            else "pymilter could not call listgate: UnicodeDecodeError") in text, text
 
 
 # --------------------------------------------------------------------------- concurrency
