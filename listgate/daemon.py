@@ -515,8 +515,8 @@ class Supervisor:
                 if child.why == "start" and self.stopping:
                     self.status = 0  # stopped (SIGTERM/SIGINT) while it was starting
                 elif child.why == "start":
-                    log.error("listgate worker %d %s before it listened%s", pid, what,
-                              f": {child.error}" if child.error else "")
+                    if not child.error:  # a config error it printed on stderr itself
+                        log.error("listgate worker %d %s before it listened", pid, what)
                     self.status = code if code > 0 else 1
                     self.stopping = b"T"
                 elif child.why == "reload":

@@ -148,6 +148,8 @@ def test_listgate_agrees_with_mailman3(lists, tmp_path):
 
     # the same corpus through the SQLite store after importing this Mailman
     sqlite_cfg = write_cfg(tmp_path / "sqlite.cfg", f"[sqlite]\npath = {tmp_path}/s.db\n" + rest)
+    subprocess.run([*LISTGATE, "-c", str(sqlite_cfg), "db", "init"], check=True,
+                   capture_output=True)
     r = subprocess.run([*LISTGATE, "-c", str(sqlite_cfg), "lists", "import", "--from",
                         "mailman3", m.rest_url], capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()

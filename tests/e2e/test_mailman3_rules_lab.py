@@ -1101,6 +1101,8 @@ def test_listgate_predicts_every_lab_post(lab, tmp_path):
     store = tmp_path / "lab.db"
     cfg_store = f"[sqlite]\npath = {store}\n{rest}{strict}"
     (tmp_path / "store.cfg").write_text(cfg_store)
+    subprocess.run([sys.executable, "-m", "listgate", "-c", str(tmp_path / "store.cfg"),
+                    "db", "init"], check=True, capture_output=True)
     imp = subprocess.run([sys.executable, "-m", "listgate", "-c", str(tmp_path / "store.cfg"),
                           "lists", "import", "--from", "mailman3", lab.rest_url],
                          capture_output=True, text=True, timeout=300)
