@@ -3,13 +3,13 @@
 #
 # Stages the working tree (tracked and untracked-but-not-ignored files, so it builds
 # what you are looking at) in build/deb/src/listgate-VERSION/, with packaging/debian
-# as its debian/ directory and the vendored wheels of packaging/vendor-requirements.txt
-# (hash-pinned) in debian/vendor/, then runs dpkg-buildpackage there with Debian's
-# python3.  Needs the tools of `scripts/install-debian-deps.sh package`, and PIP (a
-# pip able to download: the project venv's).
+# as its debian/ directory, then runs dpkg-buildpackage there with Debian's python3.
+# Needs the tools of `scripts/install-debian-deps.sh package` and nothing else: it
+# downloads nothing (Debian builds have no network; tests/ops/test_package.py builds
+# under `unshare --net`).  The libraries Debian 12 lacks are in packaging/vendor/
+# (scripts/update-vendor.py refreshes them from packaging/vendor-requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP=${PIP:-.venv/bin/pip}
 out=build/deb
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' listgate/__init__.py)
 stage=$out/src/listgate-$version
@@ -21,8 +21,6 @@ git ls-files -coz --exclude-standard | while IFS= read -r -d '' f; do
 done | tar --null -T - -cf - | tar -xf - -C "$stage"
 rm -rf "$stage/debian"
 cp -r packaging/debian "$stage/debian"
-"$PIP" download -q --no-deps --only-binary=:all: --require-hashes \
-    -r packaging/vendor-requirements.txt -d "$stage/debian/vendor"
 
 # Debian's interpreter, whatever python3 is first on PATH (e.g. a pyenv one): pybuild
 # calls python3.X by name.

@@ -17,6 +17,8 @@
 #     dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
 #     python3-setuptools   build the .deb with Debian's own python3 (packaging/debian)
 #     lintian        check the .deb
+#     man-db         `man listgate` on the installed package
+#     publicsuffix   Debian's Public Suffix List, which listgate prefers to its own copy
 #     systemd        systemd-analyze verify / security --offline on the unit
 #     python3-pytest the unit tests run under Debian's python3 against the package
 #
@@ -30,7 +32,7 @@ set -euo pipefail
 
 PACKAGES=(libmilter-dev python3-venv python3-dev gcc)
 PACKAGING=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
-           python3-setuptools lintian systemd python3-pytest)
+           python3-setuptools lintian systemd python3-pytest man-db publicsuffix)
 case "${1:-test}" in
     run) ;;
     test) PACKAGES+=(postfix dnsmasq-base libwrap0 m4 "${PACKAGING[@]}") ;;
