@@ -17,9 +17,12 @@ This module is pure logic plus library calls (``publicsuffixlist``, ``dkimpy``,
 
 Decisions worth knowing:
 
-* The Public Suffix List is the copy bundled with ``publicsuffixlist`` (ICANN and
-  private sections, so ``a.github.io`` and ``b.github.io`` are *not* aligned); it is
-  loaded once at import, nothing is fetched at run time.  Unknown TLDs (``.test``)
+* The Public Suffix List is Debian's (``/usr/share/publicsuffix``, package
+  ``publicsuffix``, kept current by Debian's updates) when it is installed, else the
+  copy bundled with ``publicsuffixlist`` (:func:`public_suffix_list`; ``listgate
+  config check`` says which and of what date).  ICANN and private sections, so
+  ``a.github.io`` and ``b.github.io`` are *not* aligned; it is loaded once at import,
+  nothing is fetched at run time.  Unknown TLDs (``.test``)
   count as public suffixes, so ``x.test`` is its own organisational domain.
 * DKIM key lookups go through dnspython's default resolver, the one
   :func:`listgate.spfcheck.configure_dns` set up.  NXDOMAIN / no TXT record -> no key
@@ -45,6 +48,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,9 +63,9 @@ import dns.resolver
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed
 
 try:
-    from publicsuffixlist import PublicSuffixList
+    import publicsuffixlist
 except ImportError:  # the Debian package carries it: Debian 12 has no python3-publicsuffixlist
-    from listgate._vendor.publicsuffixlist import PublicSuffixList
+    from listgate._vendor import publicsuffixlist  # type: ignore[no-redef]
 
 from listgate import addresses
 from listgate.compat32 import header_block
@@ -70,10 +74,58 @@ from listgate.spfcheck import SpfResult
 
 log = logging.getLogger("listgate")
 
+PublicSuffixList = publicsuffixlist.PublicSuffixList
+
 # --------------------------------------------------------------------------- alignment
 
-#: Built once: parsing the bundled list takes a noticeable moment.
-_PSL = PublicSuffixList()
+#: Debian's Public Suffix List (package ``publicsuffix``), preferred when installed
+DEBIAN_PSL = "/usr/share/publicsuffix/public_suffix_list.dat"
+
+
+@dataclass(frozen=True)
+class SuffixListInfo:
+    """Which Public Suffix List is in use: alignment and DMARC depend on its age."""
+
+    path: str
+    origin: str  #: "Debian's publicsuffix package" or the bundled copy's library
+    date: str  #: YYYY-MM-DD: the list's VERSION line, else the file's modification time
+    date_from: str  #: "VERSION line" or "file time"
+
+
+def public_suffix_list(debian: str = DEBIAN_PSL) -> SuffixListInfo:
+    """The list to load: Debian's when it is installed (Debian keeps it current, and
+    the Debian package needs no copy of its own then), else the one bundled with
+    publicsuffixlist (or the Debian package's vendored copy of it)."""
+    if os.path.isfile(debian):
+        path, origin = debian, "Debian's publicsuffix package"
+    else:
+        path = publicsuffixlist.PSLFILE
+        origin = f"the copy bundled with {publicsuffixlist.__name__}"
+    date, date_from = "", "file time"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+        m = re.search(r"^// VERSION: (\d{4}-\d{2}-\d{2})", head, re.M)
+        if m:
+            date, date_from = m.group(1), "VERSION line"
+        else:
+            date = time.strftime("%Y-%m-%d", time.gmtime(os.stat(path).st_mtime))
+    except OSError:
+        pass
+    return SuffixListInfo(path, origin, date, date_from)
+
+
+#: The list in use (Debian's or the bundled one)
+SUFFIX_LIST = public_suffix_list()
+
+
+def _load_psl(path: str) -> Any:
+    with open(path, "rb") as f:
+        return PublicSuffixList(f)
+
+
+#: Built once: parsing the list takes a noticeable moment.
+_PSL = _load_psl(SUFFIX_LIST.path)
 
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
