@@ -336,7 +336,54 @@ def serve(cfg: Config) -> int:
         return 1
     if ident is not None:
         log.info("running as %s", ident.describe())
+    problem = clear_stale_socket(cfg.milter.socket)
+    if problem:
+        log.error("%s: %s", cfg.path, problem)
+        if cfg.milter.log_file != "-":
+            print(f"listgate: {cfg.path}: {problem}", file=sys.stderr)
+        return 1
     return supervise(cfg)
+
+
+def clear_stale_socket(spec: str) -> str | None:
+    """Remove a unix socket file a crashed daemon left behind; the problem, or None.
+
+    pymilter's ``runmilter`` has libmilter unlink whatever is at the path, so a second
+    daemon started by mistake would silently take the socket from a running one (the
+    MTA then talks to whichever listens, the first keeps running unreachable).  So:
+    a socket nothing listens on (connection refused) is stale and removed, and the log
+    says so; one that answers belongs to a running listgate (start-up fails, naming
+    it); anything else at the path is not ours to delete.
+    """
+    if not spec.startswith(("unix:", "local:")):
+        return None
+    path = spec.split(":", 1)[1]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"[milter] socket: {path}: {e.strerror}"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"[milter] socket: {path} exists and is not a socket: not removing it"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(path)
+        except ConnectionRefusedError:
+            pass  # nothing listens: stale
+        except OSError as e:
+            return f"[milter] socket: {path}: cannot tell whether it is in use: {e.strerror}"
+        else:
+            return (f"[milter] socket: {path}: another process listens on it (a listgate "
+                    f"already running?); stop it first")
+    try:
+        os.unlink(path)
+    except OSError as e:
+        return f"[milter] socket: cannot remove the stale socket {path}: {e.strerror}"
+    log.warning("removed the stale socket %s: nothing listened on it (left by a daemon "
+                "that did not exit cleanly)", path)
+    return None
 
 
 def supervise(cfg: Config) -> int:

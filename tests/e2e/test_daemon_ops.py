@@ -530,3 +530,49 @@ def test_missing_socket_directory(tmp_path):
     assert r.returncode == 1
     assert r.stderr.decode().strip() == (
         f"listgate: {cfg}: [milter] socket: directory {tmp_path}/nope does not exist")
+
+
+def test_stale_socket_left_by_a_crash_is_replaced_and_logged():
+    """A socket file nothing listens on (the daemon was killed -9) is removed at
+    start-up, the log says so, and the new daemon serves on that path."""
+    d = make_daemon()
+    path = d.socket.split(":", 1)[1]
+    try:
+        import socket as socketlib
+
+        s = socketlib.socket(socketlib.AF_UNIX)
+        s.bind(path)  # a socket file with no listener: what a crash leaves
+        s.close()
+        assert Path(path).is_socket()
+        d.start()
+        assert re.search(rf"removed the stale socket {re.escape(path)}: nothing listened on "
+                         rf"it", d.log_text()), d.log_text()
+        assert post(d, MEMBER) == "continue"
+        assert post(d, STRANGER) == DEFAULT_REFUSAL
+    finally:
+        d.close()
+
+
+def test_socket_in_use_is_not_taken_from_a_running_daemon(daemon):
+    """A second daemon on the same socket path fails, naming it, and leaves the
+    running one reachable (libmilter alone would unlink the live socket)."""
+    r = serve(daemon.cfg_path)
+    path = daemon.socket.split(":", 1)[1]
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        f"listgate: {daemon.cfg_path}: [milter] socket: {path}: another process listens "
+        f"on it (a listgate already running?); stop it first")
+    assert post(daemon, MEMBER) == "continue"
+
+
+def test_something_else_at_the_socket_path_is_left_alone(tmp_path):
+    (tmp_path / "s.sock").write_text("not a socket\n")
+    cfg = tmp_path / "c.cfg"
+    cfg.write_text(f"[milter]\nsocket = unix:{tmp_path}/s.sock\nlog_file = {tmp_path}/l\n"
+                   f"[sqlite]\npath = {tmp_path}/db\n")
+    r = serve(cfg)
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        f"listgate: {cfg}: [milter] socket: {tmp_path}/s.sock exists and is not a socket: "
+        f"not removing it")
+    assert (tmp_path / "s.sock").read_text() == "not a socket\n"
