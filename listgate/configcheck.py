@@ -6,6 +6,12 @@ without DNS every external post is a temperror), and what listgate will answer f
 each list the backend knows -- including ``[list:...]`` sections that name a list
 the backend does not know, which silently do nothing.
 
+It also looks from the MTA's side (:mod:`listgate.mtacheck`): Postfix's settings
+through ``postconf`` (or sendmail's ``.cf`` named with ``--sendmail-cf``), whether
+the MTA reaches the socket -- its chroot, its user's permissions, its milter list --
+and its milter timeouts next to listgate's own worst case per stage
+(:func:`stage_budgets`).  Those findings are warnings: the MTA may be another host.
+
 Exit status: 0 ready (warnings allowed), 1 the backend or DNS does not answer,
 2 the config is invalid (the same errors as start-up).
 """
@@ -19,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from listgate import addresses
+from listgate import addresses, mtacheck
 from listgate.chain import list_verdict, needs_body
 from listgate.config import Config
 from listgate.engine import Engine
@@ -86,6 +92,85 @@ def check_dns(cfg: Config, name: str) -> dict[str, Any]:
     return out
 
 
+def stage_budget_parts(cfg: Config) -> dict[str, list[tuple[str, float]]]:
+    """The worst case of each SMTP stage that waits on the outside world, as the
+    config keys that bound its waits (how :mod:`listgate.engine` runs them under
+    :func:`listgate.budget.stage`):
+
+    * MAIL FROM: SPF's DNS for the HELO and MAIL FROM identities together, one
+      ``[spf] timeout``;
+    * RCPT TO: the list lookup, one backend budget (``[mailman3] timeout``, the
+      engine's ``backend_budget`` for every backend);
+    * end of message: the relayed post's SPF (``[spf] timeout``), then the DKIM key
+      lookups (all of them within one ``[dns] timeout``), then per list the backend
+      budget, within which the rules may wait for the DMARC policy lookup (its own
+      ``[dns] timeout``) and for a moderator-password check (``[approved] wait``).
+      With ``[lists] one_list_per_transaction = no`` the per-list part counts once
+      for each list of the transaction; this counts one.
+    """
+    return {
+        "mail": [("[spf] timeout", cfg.spf.timeout)],
+        "rcpt": [("[mailman3] timeout", cfg.mailman3.timeout)],
+        "eom": [("[spf] timeout", cfg.spf.timeout),
+                ("[dns] timeout (DKIM keys)", cfg.dns.timeout),
+                ("[mailman3] timeout", cfg.mailman3.timeout),
+                ("[dns] timeout (DMARC policy)", cfg.dns.timeout),
+                ("[approved] wait", cfg.approved.wait)],
+    }
+
+
+def stage_budgets(cfg: Config) -> dict[str, float]:
+    """Seconds listgate may take at most per stage (``mail``, ``rcpt``, ``eom``): what
+    must stay below the MTA's milter timeouts (Postfix ``milter_command_timeout`` for
+    MAIL and RCPT, ``milter_content_timeout`` for end of message)."""
+    return {stage: sum(s for _, s in parts) for stage, parts in stage_budget_parts(cfg).items()}
+
+
+def check_mta(cfg: Config, postfix_config: str | None = None, postfix: bool = True,
+              sendmail_cf: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The MTA's side: is listgate's socket listening, and can Postfix (and the
+    sendmail of ``sendmail_cf``) reach it?  The findings, and warnings saying what
+    to change."""
+    ep = mtacheck.listgate_endpoint(cfg.milter.socket)
+    budgets = stage_budgets(cfg)
+    warnings: list[str] = []
+    why = mtacheck.listening(ep)
+    out: dict[str, Any] = {"socket": str(ep), "listening": why is None,
+                           "budgets": budgets,
+                           "budget_parts": {k: [list(p) for p in v]
+                                            for k, v in stage_budget_parts(cfg).items()}}
+    if why is not None:
+        out["not_listening"] = why
+        warnings.append(f"[milter] socket: nothing listens on {ep} ({why}): listgate is "
+                        f"not running, or another config is; the MTA applies its default "
+                        f"action until it does")
+    if postfix:
+        pf = mtacheck.postfix_settings(postfix_config)
+        if pf["present"]:
+            out["postfix"], w = mtacheck.check_postfix(cfg, pf, ep, budgets)
+            warnings += w
+        else:
+            out["postfix"] = {"skipped": pf["why"]}
+    if sendmail_cf:
+        try:
+            sm = mtacheck.read_sendmail_cf(sendmail_cf)
+        except OSError as e:
+            out["sendmail"] = {"path": sendmail_cf, "error": e.strerror}
+            warnings.append(f"--sendmail-cf {sendmail_cf}: cannot read: {e.strerror}")
+        else:
+            out["sendmail"], w = mtacheck.check_sendmail(sm, ep, budgets)
+            warnings += w
+    return out, warnings
+
+
+def suffix_list() -> dict[str, str]:
+    """Which Public Suffix List (DMARC alignment) is in use, and of what date."""
+    from listgate.authn import SUFFIX_LIST
+
+    return {"path": SUFFIX_LIST.path, "origin": SUFFIX_LIST.origin,
+            "date": SUFFIX_LIST.date, "date_from": SUFFIX_LIST.date_from}
+
+
 def describe_list(engine: Engine, backend: Backend, address: str) -> dict[str, Any]:
     """What listgate does with posts to ``address``: the config's mapping for this
     list and the answer a nonmember's post would get."""
@@ -136,10 +221,13 @@ def describe_list(engine: Engine, backend: Backend, address: str) -> dict[str, A
     return out
 
 
-def run_checks(cfg: Config, backend: Backend, resolve: str | None) -> dict[str, Any]:
-    """Every check; ``ok`` is False if the backend or DNS failed."""
+def run_checks(cfg: Config, backend: Backend, resolve: str | None,
+               mta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every check; ``ok`` is False if the backend or DNS failed.  ``mta``: the
+    keyword arguments of :func:`check_mta` (None: the MTA's side is not looked at)."""
     engine = Engine(cfg, backend, None, lambda _host, _ip: False)
     result: dict[str, Any] = {"config": cfg.path, "mode": cfg.milter.mode, "warnings": []}
+    result["public_suffix_list"] = suffix_list()
     b = check_backend(backend)
     result["backend"] = {k: v for k, v in b.items() if k != "lists"}
     lists: list[str] = b.get("lists", [])
@@ -158,8 +246,46 @@ def run_checks(cfg: Config, backend: Backend, resolve: str | None) -> dict[str, 
         result["warnings"].append(
             f"backend {backend.name} holds no lists: no recipient is a list, so no post is "
             "gated; if lists were there, the store was lost or the config names the wrong one")
+    if mta is not None:
+        result["mta"], w = check_mta(cfg, **mta)
+        result["warnings"] += w
     result["ok"] = bool(b["ok"] and result["dns"]["ok"])
     return result
+
+
+def _mta_lines(m: dict[str, Any]) -> list[str]:
+    lines = [f"socket {m['socket']}: "
+             + ("listening" if m["listening"] else f"nothing listening ({m['not_listening']})")]
+    parts = m["budget_parts"]
+    for stage, name in mtacheck.STAGE_NAMES.items():
+        detail = " + ".join(f"{k} {v:g}" for k, v in parts[stage])
+        lines.append(f"listgate budget, {name}: {m['budgets'][stage]:g} s ({detail})")
+    pf = m.get("postfix")
+    if pf is not None and "skipped" in pf:
+        lines.append(f"postfix: not checked ({pf['skipped']})")
+    elif pf is not None:
+        s = pf["settings"]
+        lines.append(f"postfix {pf['config_dir']}: milter_default_action "
+                     f"{s['milter_default_action']}, milter_connect_timeout "
+                     f"{s['milter_connect_timeout']}, milter_command_timeout "
+                     f"{s['milter_command_timeout']}, milter_content_timeout "
+                     f"{s['milter_content_timeout']}")
+        for sv in pf["services"]:
+            where = f"chrooted in {sv['chroot']}" if sv["chroot"] else "not chrooted"
+            reach = "reaches listgate" if sv["reaches_listgate"] else "does not reach listgate"
+            lines.append(f"postfix {sv['service']} ({where}): {sv['key']} = "
+                         f"{sv['value'] or '(empty)'}: {reach}")
+            if "note" in sv:
+                lines.append(f"  {sv['note']}")
+    sm = m.get("sendmail")
+    if sm is not None and "error" not in sm:
+        if "listgate_filter" in sm:
+            t = sm["timeouts"]
+            lines.append(f"sendmail {sm['path']}: filter {sm['listgate_filter']}, on failure "
+                         f"{sm['on_failure']}, T=C:{t['C']};S:{t['S']};R:{t['R']};E:{t['E']}")
+        else:
+            lines.append(f"sendmail {sm['path']}: no filter for listgate")
+    return lines
 
 
 def as_text(r: dict[str, Any]) -> str:
@@ -177,6 +303,11 @@ def as_text(r: dict[str, Any]) -> str:
         lines.append(f"dns via {where}: {d['name']} TXT -> {answer} ({d['ms']} ms)")
     else:
         lines.append(f"dns via {where}: {d['name']} TXT: ERROR {d['error']} ({d['ms']} ms)")
+    psl = r["public_suffix_list"]
+    lines.append(f"public suffix list: {psl['path']} ({psl['origin']}), dated {psl['date']} "
+                 f"({psl['date_from']})")
+    if "mta" in r:
+        lines += _mta_lines(r["mta"])
     for li in r["lists"]:
         lines.append("")
         lines.append(li["list"])
@@ -221,13 +352,31 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="config_command", metavar="COMMAND")
     c = sub.add_parser(
         "check", parents=[parent],
-        help="validate the config, reach the backend and DNS, show what each list gets",
+        help="validate the config, reach the backend and DNS, check the MTA's side, "
+             "show what each list gets",
         description="Validate the config (exit 2 on the errors start-up would give), look "
                     "up a list in the backend and resolve a name through [dns] (exit 1 if "
-                    "either fails), and print what listgate will do with each list.")
+                    "either fails), and print what listgate will do with each list.  Then "
+                    "from the MTA's side: whether the socket listens; for Postfix (read "
+                    "with postconf and postconf -M) whether smtpd_milters and "
+                    "non_smtpd_milters name listgate's socket as a chrooted smtpd sees "
+                    "it, and whether the postfix user may enter its directories and "
+                    "connect; for sendmail (--sendmail-cf) its INPUT_MAIL_FILTER; the "
+                    "MTA's milter_default_action and milter timeouts next to listgate's "
+                    "own time budget per stage, with a warning when a budget is not "
+                    "below the timeout.  Also which Public Suffix List is in use.  MTA "
+                    "findings are warnings, each saying what to change.")
     c.add_argument("--resolve", metavar="NAME",
                    help="the name to look up (TXT); default: the first list's domain")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--postfix-config", metavar="DIR",
+                   help="the Postfix configuration directory to read with postconf -c "
+                        "(default: postconf's own, when postconf is installed)")
+    c.add_argument("--no-postfix", action="store_true",
+                   help="do not look at Postfix (the MTA is sendmail, or another host)")
+    c.add_argument("--sendmail-cf", metavar="FILE",
+                   help="also check this sendmail .cf (or .mc) for listgate's "
+                        "INPUT_MAIL_FILTER")
     c.set_defaults(func=run, needs_config=None)
     p.set_defaults(func=lambda _args, _cfg: (p.print_help(sys.stderr), 2)[1],
                    needs_config=lambda _args: False)
@@ -238,7 +387,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     backend = open_backend(cfg)
     try:
-        result = run_checks(cfg, backend, args.resolve)
+        result = run_checks(cfg, backend, args.resolve, mta={
+            "postfix_config": args.postfix_config, "postfix": not args.no_postfix,
+            "sendmail_cf": args.sendmail_cf})
     finally:
         backend.close()
     if args.json:
