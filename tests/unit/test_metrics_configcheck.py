@@ -207,6 +207,7 @@ def test_config_check_unreachable_backend_exits_1(tmp_path: Path, capsys) -> Non
 
 def test_config_check_lists_and_unknown_sections(tmp_path: Path, capsys) -> None:
     cfg = _write(tmp_path, f"[sqlite]\npath = {tmp_path}/db\n"
+                           f"[milter]\nsocket = unix:{tmp_path}/s.sock\n"
                            "[dns]\nnameservers = 127.0.0.1:9\ntimeout = 0.2\n"
                            "[lists]\ninternal_only = board@lists.test\n"
                            "[list:dev@lists.test]\nnonmember_hold_action = tempfail\n"
@@ -231,7 +232,7 @@ def test_config_check_lists_and_unknown_sections(tmp_path: Path, capsys) -> None
         "550 5.7.2 board@lists.test accepts posts from inside lists.test only")
     assert r["warnings"] == [
         "[list:gone@lists.test]: the backend has no such list; the section has no effect",
-        "[milter] socket: nothing listens on unix:/run/listgate/listgate.sock (No such file "
+        f"[milter] socket: nothing listens on unix:{tmp_path}/s.sock (No such file "
         "or directory): listgate is not running, or another config is; the MTA applies its "
         "default action until it does"]
     assert "postfix" not in r["mta"]
