@@ -18,7 +18,7 @@ Commands::
                                [--default-nonmember-action A] [--emergency yes|no]
     listgate lists delete LIST
     listgate lists show LIST             # JSON: the policy plus member/nonmember/ban counts
-    listgate lists ls                    # one posting address per line
+    listgate lists ls [--json]           # one posting address per line (alias: list)
     listgate lists set LIST KEY VALUE
     listgate lists password LIST [--stdin | --clear]   # the moderator password (a hash)
     listgate site show | site set KEY VALUE            # header_checks, jump_chain...
@@ -26,10 +26,13 @@ Commands::
     listgate lists import FILE.json [--prune]   # '-' = stdin
     listgate members add LIST [ADDR ...] [--file F] [--nonmember] [--moderation-action A]
     listgate members remove LIST [ADDR ...] [--file F] [--nonmember]
-    listgate members ls LIST [--nonmember]      # "address<TAB>action" per line
+    listgate members ls LIST [--nonmember] [--json]  # "address<TAB>action" per line
     listgate bans add ENTRY ... [--list LIST]
     listgate bans remove ENTRY ... [--list LIST]
-    listgate bans ls [--list LIST]
+    listgate bans ls [--list LIST] [--json]
+
+Every ``ls`` is also ``list``; ``members remove``, ``bans remove`` and ``lists
+delete`` are also ``rm``.
 
 Actions are Mailman 3's: hold, reject, discard, accept, defer.  ``lists set`` keys
 are the settings of :data:`listgate.listsettings.LIST_FIELDS`: default_member_action,
@@ -267,6 +270,9 @@ def cmd_lists_ls(args: argparse.Namespace, store: SqliteStore) -> int:
             addresses = backend.lists()
         finally:
             backend.close()
+    if args.json:
+        print(json.dumps(list(addresses)))
+        return 0
     for address in addresses:
         print(address)
     return 0
@@ -424,8 +430,14 @@ def cmd_members_remove(args: argparse.Namespace, store: SqliteStore) -> int:
 
 
 def cmd_members_ls(args: argparse.Namespace, store: SqliteStore) -> int:
-    """Print ``address<TAB>action`` per line; ``default`` = no action of its own."""
-    for address, action in store.members(args.list, role=_role(args)):
+    """Print ``address<TAB>action`` per line; ``default`` = no action of its own.
+
+    With --json: ``[{"address": ..., "moderation_action": null or an action}, ...]``."""
+    rows = store.members(args.list, role=_role(args))
+    if args.json:
+        print(json.dumps([{"address": a, "moderation_action": m} for a, m in rows]))
+        return 0
+    for address, action in rows:
         print(f"{address}\t{action or 'default'}")
     return 0
 
@@ -456,12 +468,23 @@ def cmd_bans_remove(args: argparse.Namespace, store: SqliteStore) -> int:
 
 def cmd_bans_ls(args: argparse.Namespace, store: SqliteStore) -> int:
     """Print the ban entries of one list, or the global ones."""
-    for entry in store.bans(list=args.list):
+    entries = store.bans(list=args.list)
+    if args.json:
+        print(json.dumps(list(entries)))
+        return 0
+    for entry in entries:
         print(entry)
     return 0
 
 
 # -- argparse wiring
+
+#: other names of a subcommand (``ls`` is also ``list``, ``remove``/``delete`` also ``rm``)
+ALIASES = {"ls": ["list"], "remove": ["rm"], "delete": ["rm"]}
+
+#: the admin commands' exit status, in every --help and in listgate(8)
+EXIT_STATUS = ("exit status: 0 success; 1 operational error (no such list, no database, "
+               "I/O); 2 usage or validation error (a bad address, action or option)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -479,10 +502,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 
     def leaf(group_: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
              fn: _Command, write: bool) -> argparse.ArgumentParser:
-        doc = (fn.__doc__ or "").strip()
-        p = group_.add_parser(name, parents=[parent], help=doc, description=doc)
+        doc = (fn.__doc__ or "").strip().split("\n\n")[0]
+        # the names admins type from other tools' habits: `members list` as well as ls
+        aliases = ALIASES.get(name, [])
+        p = group_.add_parser(name, parents=[parent], help=doc, description=doc,
+                              aliases=aliases, epilog=EXIT_STATUS)
         p.set_defaults(func=_command(fn, write=write))
         return p
+
+    def json_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true",
+                       help="print one JSON array instead of lines")
 
     db = group("db", "manage the SQLite store file")
     leaf(db, "init", cmd_db_init, write=False)  # init is the command itself
@@ -503,7 +533,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("list", metavar="LIST")
     p = leaf(lists, "show", cmd_lists_show, write=False)
     p.add_argument("list", metavar="LIST")
-    leaf(lists, "ls", cmd_lists_ls, write=False)
+    json_option(leaf(lists, "ls", cmd_lists_ls, write=False))
     p = leaf(lists, "set", cmd_lists_set, write=True)
     p.add_argument("list", metavar="LIST")
     p.add_argument("key", metavar="KEY", help=", ".join(LIST_OPTIONS))
@@ -551,6 +581,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     p = leaf(members, "ls", cmd_members_ls, write=False)
     p.add_argument("list", metavar="LIST")
     p.add_argument("--nonmember", action="store_true", help="nonmember records")
+    json_option(p)
 
     bans = group("bans", "ban addresses or ^patterns, per list or globally")
     for name, fn in (("add", cmd_bans_add), ("remove", cmd_bans_remove)):
@@ -559,3 +590,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
         p.add_argument("--list", metavar="LIST", help="a list's ban (default: global)")
     p = leaf(bans, "ls", cmd_bans_ls, write=False)
     p.add_argument("--list", metavar="LIST", help="a list's bans (default: global)")
+    json_option(p)

@@ -114,8 +114,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "check", parents=[parent],
         help="what would the daemon answer to this transaction? (prints one JSON object)",
         description="Run the daemon's decision code for one SMTP transaction and print the "
-                    "answer as JSON. Exit status 0 whatever the verdict; 2 for usage or "
-                    "config errors.")
+                    "answer as JSON (it always prints JSON; --json is accepted for "
+                    "scripts that pass it to every command).",
+        epilog="exit status: 0 whatever the verdict; 2 usage or config error")
+    p.add_argument("--json", action="store_true", help="the output is JSON already")
     p.add_argument("--client-ip", required=True, help="the SMTP client's IP address")
     p.add_argument("--client-name", help="its verified PTR name (default: [IP], i.e. none)")
     p.add_argument("--helo", help="the HELO/EHLO name (omit for a client that sent none)")

@@ -20,12 +20,27 @@ def build_parser() -> argparse.ArgumentParser:
     parent.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(
         prog="listgate",
-        description="Milter that rejects, at SMTP time, posts a mailing list would not accept.")
+        description="Milter that rejects, at SMTP time, posts a mailing list would not accept.",
+        epilog="exit status: 0 success; 1 an operational error (the backend, DNS, the "
+               "socket, a file); 2 a usage or config error (the message names file, "
+               "section and key).  Each command's own meaning is in its --help.")
     parser.add_argument("-c", "--config", help=config_help,
                         default=os.environ.get("LISTGATE_CONFIG", DEFAULT_CONFIG))
     parser.add_argument("--version", action="version", version=f"listgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser("serve", parents=[parent], help="run the milter daemon")
+    serve = sub.add_parser(
+        "serve", parents=[parent], help="run the milter daemon",
+        description="Run the milter daemon in the foreground (under systemd: "
+                    "listgate.service): switch to [milter] user, check the socket "
+                    "directory and the store, replace a stale socket file nothing listens "
+                    "on, then serve [milter] socket until SIGTERM.",
+        epilog="signals (to the main process): HUP re-reads the config and reopens the log "
+               "(new connections get the new config; socket, umask, timeout, user, group "
+               "and tcp_nodelay need a restart); TERM stops accepting, lets the "
+               "connections in flight finish (up to [milter] shutdown_timeout) and exits "
+               "0; INT stops at once; USR1 logs the cache statistics.  exit status: 0 "
+               "stopped by TERM or INT; 1 start-up failed (the socket, a directory, "
+               "privileges, the log file, libmilter); 2 the config is invalid.")
     serve.set_defaults(func=_serve)
     from listgate import admin, check, configcheck, report
 

@@ -365,7 +365,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                     "MTA's milter_default_action and milter timeouts next to listgate's "
                     "own time budget per stage, with a warning when a budget is not "
                     "below the timeout.  Also which Public Suffix List is in use.  MTA "
-                    "findings are warnings, each saying what to change.")
+                    "findings are warnings, each saying what to change.",
+        epilog="exit status: 0 ready (warnings allowed); 1 the backend or DNS does not "
+               "answer; 2 the config is invalid (the errors start-up would give)")
     c.add_argument("--resolve", metavar="NAME",
                    help="the name to look up (TXT); default: the first list's domain")
     c.add_argument("--json", action="store_true", help="print one JSON object")

@@ -381,3 +381,34 @@ def test_written_data_is_what_the_store_reads(cli: Cli) -> None:
     with SqliteStore(str(cli.path)) as store:
         assert store.get_list(LIST).default_member_action == "hold"
         assert store.bans(list=LIST) == ["troll@example.com"]
+
+
+def test_list_aliases_and_json(cli: Cli) -> None:
+    """`members list` as well as `ls`, `rm` as well as `remove`, and --json where a
+    command prints data (scripts parse that, not the tab-separated lines)."""
+    cli.ok("lists", "create", LIST)
+    cli.ok("members", "add", LIST, "b@example.org", "a@example.org")
+    cli.ok("members", "add", LIST, "bot@example.net", "--nonmember",
+           "--moderation-action", "accept")
+    cli.ok("bans", "add", "^.*@spam\\.example$")
+    assert cli.ok("lists", "list") == cli.ok("lists", "ls") == f"{LIST}\n"
+    assert json.loads(cli.ok("lists", "ls", "--json")) == [LIST]
+    assert cli.ok("members", "list", LIST) == cli.ok("members", "ls", LIST) == (
+        "a@example.org\tdefault\nb@example.org\tdefault\n")
+    assert json.loads(cli.ok("members", "list", LIST, "--nonmember", "--json")) == [
+        {"address": "bot@example.net", "moderation_action": "accept"}]
+    assert json.loads(cli.ok("bans", "list", "--json")) == ["^.*@spam\\.example$"]
+    cli.ok("members", "rm", LIST, "a@example.org")
+    assert json.loads(cli.ok("members", "ls", LIST, "--json")) == [
+        {"address": "b@example.org", "moderation_action": None}]
+    cli.ok("bans", "rm", "^.*@spam\\.example$")
+    assert cli.ok("bans", "ls") == ""
+    cli.ok("lists", "rm", LIST)
+    assert json.loads(cli.ok("lists", "ls", "--json")) == []
+
+
+def test_help_documents_the_exit_status(cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parser.parse_args(["members", "list", "--help"])
+    out = capsys.readouterr().out
+    assert "exit status: 0 success; 1 operational error" in " ".join(out.split())
