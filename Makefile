@@ -7,7 +7,7 @@ CONFIG ?= etc/listgate.cfg
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint unit e2e venv clean package
+.PHONY: run test lint unit e2e venv clean package man
 
 # The virtualenv, with listgate installed editable plus its test tools; redone when
 # pyproject.toml changes.
@@ -48,6 +48,11 @@ e2e: $(STAMP)
 	scripts/install-mailman3.sh
 	scripts/install-sendmail.sh
 	$(PY) -m pytest -q tests/e2e
+
+# The manual pages listgate(8) and listgate.cfg(5), regenerated from the --help texts
+# and etc/listgate.cfg (tests/unit/test_manpages.py fails while they differ).
+man: $(STAMP)
+	$(PY) -m listgate.manpage man
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
