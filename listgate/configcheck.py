@@ -275,8 +275,6 @@ def _mta_lines(m: dict[str, Any]) -> list[str]:
             reach = "reaches listgate" if sv["reaches_listgate"] else "does not reach listgate"
             lines.append(f"postfix {sv['service']} ({where}): {sv['key']} = "
                          f"{sv['value'] or '(empty)'}: {reach}")
-            if "note" in sv:
-                lines.append(f"  {sv['note']}")
     sm = m.get("sendmail")
     if sm is not None and "error" not in sm:
         if "listgate_filter" in sm:
@@ -360,8 +358,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                     "from the MTA's side: whether the socket listens; for Postfix (read "
                     "with postconf and postconf -M) whether smtpd_milters and "
                     "non_smtpd_milters name listgate's socket as a chrooted smtpd sees "
-                    "it, and whether the postfix user may enter its directories and "
-                    "connect; for sendmail (--sendmail-cf) its INPUT_MAIL_FILTER; the "
+                    "it (smtpd_milters must, non_smtpd_milters must not), and whether "
+                    "the postfix user may enter its directories and connect; for "
+                    "sendmail (--sendmail-cf) its INPUT_MAIL_FILTER; the "
                     "MTA's milter_default_action and milter timeouts next to listgate's "
                     "own time budget per stage, with a warning when a budget is not "
                     "below the timeout.  Also which Public Suffix List is in use.  MTA "

@@ -449,9 +449,15 @@ def check_postfix(cfg: Config, pf: dict[str, Any], ep: Endpoint,
                         f"listgate's socket {ep}: set {key} = {fix}"
                         + (f" (smtpd is chrooted in {queue}: the path is relative to it)"
                            if chroot else ""))
-            elif not found and value and key == "non_smtpd_milters":
-                entry["note"] = (f"{key} does not name listgate: mail submitted locally "
-                                 f"(sendmail(1), pickup) is not checked")
+            elif key == "non_smtpd_milters" and any(a for a, _ in found):
+                # cleanup(8) simulates SMTP for local submissions: a refusal of its
+                # simulated RCPT leaves the mail in the queue (and they are INTERNAL)
+                warnings.append(
+                    f"Postfix non_smtpd_milters = {value} ({where}) names listgate: a "
+                    f"refusal of a local submission's simulated RCPT leaves the mail in "
+                    f"the queue, and local submissions are INTERNAL anyway; remove "
+                    f"listgate from non_smtpd_milters")
+                continue  # its socket permissions are smtpd's concern
             for address, pe in found:
                 if address and ep.kind == "unix" and user is not None and key not in checked:
                     checked.add(key)

@@ -172,14 +172,18 @@ def test_wrong_smtpd_milters(daemon, postfix_factory):
     assert doc["mta"]["postfix"]["services"][0]["reaches_listgate"] is False
 
 
-def test_non_smtpd_milters_pointing_elsewhere_is_noted(daemon, postfix_factory):
+def test_non_smtpd_milters_naming_listgate(daemon, postfix_factory):
+    """README.md, "Postfix": listgate does not belong in non_smtpd_milters."""
     pf = postfix_factory(milter=daemon.postfix_milter,
-                         extra={"non_smtpd_milters": "inet:127.0.0.1:9"})
+                         extra={"non_smtpd_milters": daemon.postfix_milter})
     text, _ = config_check(daemon, pf)
-    assert warnings(text) == []
-    assert ("postfix cleanup/unix (not chrooted): non_smtpd_milters = inet:127.0.0.1:9: "
-            "does not reach listgate\n  non_smtpd_milters does not name listgate: mail "
-            "submitted locally (sendmail(1), pickup) is not checked") in text
+    assert warnings(text) == [
+        f"Postfix non_smtpd_milters = {daemon.postfix_milter} (master.cf cleanup/unix) "
+        f"names listgate: a refusal of a local submission's simulated RCPT leaves the mail "
+        f"in the queue, and local submissions are INTERNAL anyway; remove listgate from "
+        f"non_smtpd_milters"]
+    assert (f"postfix cleanup/unix (not chrooted): non_smtpd_milters = "
+            f"{daemon.postfix_milter}: reaches listgate") in text
 
 
 def test_stale_socket_is_reported_as_nothing_listening(postfix_factory):
