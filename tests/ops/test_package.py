@@ -136,11 +136,63 @@ def test_changelog_version_is_the_package_version() -> None:
     assert re.match(rf"listgate \({re.escape(__version__)}\) ", first), first
 
 
-def test_lintian_reports_no_errors(deb: Path) -> None:
-    p = run(["lintian", "--fail-on", "error", str(deb)], check=False)
+def test_lintian_reports_no_errors_and_no_warnings(deb: Path) -> None:
+    p = run(["lintian", "--fail-on", "error,warning", str(deb)], check=False)
     tags = [line for line in p.stdout.splitlines() if re.match(r"[EW]: ", line)]
-    print("lintian:", *tags, sep="\n  ")
-    assert p.returncode == 0 and not [t for t in tags if t.startswith("E:")], p.stdout
+    print("lintian:", *(tags or ["(no errors, no warnings)"]), sep="\n  ")
+    assert p.returncode == 0 and not tags, p.stdout
+
+
+def test_man_pages_installed_and_readable(installed: None) -> None:
+    """`man listgate` and `man listgate.cfg` on the installed package: the pages the
+    tree's man/ holds (generated from --help and etc/listgate.cfg)."""
+    env = {**DEBIAN_PATH, "MANWIDTH": "80"}
+    env.pop("MANPATH", None)
+    for page, path, title in (("listgate", "/usr/share/man/man8/listgate.8.gz", "LISTGATE(8)"),
+                              ("listgate.cfg", "/usr/share/man/man5/listgate.cfg.5.gz",
+                               "LISTGATE.CFG(5)")):
+        assert run(["man", "-w", page], env=env).stdout.strip() == path
+        p = run(["man", "--warnings", page], env=env)
+        assert p.stderr == "" and p.stdout.lstrip().startswith(title), p.stderr
+    text = run(["man", "listgate"], env=env).stdout
+    assert "listgate members list" in " ".join(text.split())
+    assert "[milter]" in run(["man", "listgate.cfg"], env=env).stdout
+
+
+def test_config_check_names_debians_public_suffix_list(installed: None) -> None:
+    """With Debian's publicsuffix installed (the package recommends it), that list is
+    the one in use, and config check says so with its date."""
+    assert os.path.isfile("/usr/share/publicsuffix/public_suffix_list.dat")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "c.cfg"
+        cfg.write_text(f"[sqlite]\npath = {tmp}/db\n[milter]\nsocket = unix:{tmp}/s\n")
+        run(["/usr/bin/listgate", "-c", str(cfg), "db", "init"], env=DEBIAN_PATH)
+        p = run(["/usr/bin/listgate", "-c", str(cfg), "config", "check", "--json",
+                 "--no-postfix", "--resolve", "localhost"], env=DEBIAN_PATH, check=False)
+    psl = json.loads(p.stdout)["public_suffix_list"]
+    assert psl["path"] == "/usr/share/publicsuffix/public_suffix_list.dat", psl
+    assert psl["origin"] == "Debian's publicsuffix package"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", psl["date"]), psl
+
+
+def test_pip_install_installs_the_man_pages() -> None:
+    """A wheel of this tree (built offline, with the venv's setuptools) carries both
+    pages as data files, and `man` finds them next to the venv's bin/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+             "-w", tmp, str(ROOT)])
+        (wheel,) = Path(tmp).glob("listgate-*.whl")
+        venv = Path(tmp) / "venv"
+        run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+        run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+             "install", "-q", "--no-deps", "--no-index", str(wheel)])
+        env = {"PATH": f"{venv}/bin:/usr/bin:/bin", "MANWIDTH": "80"}
+        for page, sub in (("listgate", "man8/listgate.8"),
+                          ("listgate.cfg", "man5/listgate.cfg.5")):
+            assert (venv / "share" / "man" / sub).read_text() == (
+                ROOT / "man" / Path(sub).name).read_text()
+            assert run(["man", "-w", page], env=env).stdout.strip() == str(
+                venv / "share" / "man" / sub)
 
 
 def test_installs_its_files_and_conffile(installed: None) -> None:
