@@ -473,7 +473,9 @@ class Supervisor:
         rs, ws = os.pipe()
         for fd in (rc, ws):
             os.set_inheritable(fd, True)
-        argv = [sys.executable, "-c", _WORKER_BOOT, "--control-fd", str(rc),
+        # -P: python -c would put the current directory first on sys.path, so a
+        # daemon started where a listgate/ directory is (a source tree) ran that code
+        argv = [sys.executable, "-P", "-c", _WORKER_BOOT, "--control-fd", str(rc),
                 "--status-fd", str(ws), "--listen", listen, "-c", self.cfg.path]
         # the commands stay blocked across fork and exec: the worker starts with them
         # blocked, as libmilter wants, and no handler of ours runs in the child
@@ -494,7 +496,7 @@ class Supervisor:
                         for fd in self._fds():
                             with contextlib.suppress(OSError):
                                 os.close(fd)
-                        worker_main(argv[3:], note=f"cannot exec {sys.executable} ({e.strerror})")
+                        worker_main(argv[4:], note=f"cannot exec {sys.executable} ({e.strerror})")
                 finally:
                     os._exit(127)
         finally:
