@@ -66,7 +66,7 @@ from typing import Any
 import dns.resolver
 import Milter
 
-from listgate import __version__
+from listgate import __version__, milter
 from listgate.app import build_engine
 from listgate.config import Config, ConfigError, load
 from listgate.engine import Engine
@@ -476,7 +476,8 @@ class Supervisor:
         # -P: python -c would put the current directory first on sys.path, so a
         # daemon started where a listgate/ directory is (a source tree) ran that code
         argv = [sys.executable, "-P", "-c", _WORKER_BOOT, "--control-fd", str(rc),
-                "--status-fd", str(ws), "--listen", listen, "-c", self.cfg.path]
+                "--status-fd", str(ws), "--listen", listen, "--generation",
+                str(self.generation), "--why", why, "-c", self.cfg.path]
         # the commands stay blocked across fork and exec: the worker starts with them
         # blocked, as libmilter wants, and no handler of ours runs in the child
         signal.pthread_sigmask(signal.SIG_BLOCK, {*_COMMANDS, signal.SIGUSR2, signal.SIGCHLD})
@@ -737,12 +738,18 @@ def worker_main(argv: list[str], note: str = "") -> int:
     p.add_argument("--control-fd", type=int, required=True)
     p.add_argument("--status-fd", type=int, required=True)
     p.add_argument("--listen", required=True)
+    p.add_argument("--generation", type=int, default=1)
+    p.add_argument("--why", default="start")
     p.add_argument("-c", dest="config", required=True)
     args = p.parse_args(argv)
     code = 1
     try:
         cfg = load(args.config)
-        code = Worker(cfg, args.control_fd, args.status_fd, args.listen, note).run()
+        if args.generation > 1:
+            # connection ids of their own: after a takeover two workers log at once
+            milter.CONN_ID_PREFIX = f"{args.generation}."
+        code = Worker(cfg, args.control_fd, args.status_fd, args.listen, note,
+                      takeover=args.why == "reload").run()
     except ConfigError as e:
         print(f"listgate: config error: {e}", file=sys.stderr)
         # the main process logs it (this process has no log without a config)
@@ -763,8 +770,11 @@ class Worker:
     """The process that runs libmilter, and its control thread."""
 
     def __init__(self, cfg: Config, control_fd: int, status_fd: int | None = None,
-                 listen: str | None = None, note: str = "") -> None:
+                 listen: str | None = None, note: str = "", takeover: bool = False) -> None:
         self.note = note
+        #: started by a reload: the log says "taking over", not "starting" (listgate
+        #: report forgets the connections it knows at a "starting:" line)
+        self.takeover = takeover
         #: the configuration in force (replaced by a successful reload)
         self.cfg = cfg
         #: where this worker listens: its own socket file (see Supervisor), or the port
@@ -812,8 +822,13 @@ class Worker:
         self.rescuer.start()
         if self.status_fd is not None:
             threading.Thread(target=self._report_ready, name="ready", daemon=True).start()
-        log.info("listgate %s starting: socket=%s mode=%s backend=%s", __version__, sock,
-                 cfg.milter.mode, engine.backend.name)
+        # the socket the MTA reaches; a unix socket is created as this worker's own file
+        # first and renamed to it once it answers (see Supervisor)
+        log.info("listgate %s %s: socket=%s mode=%s backend=%s (worker %d)", __version__,
+                 "taking over" if self.takeover else "starting", self.boot_cfg.milter.socket,
+                 cfg.milter.mode, engine.backend.name, os.getpid())
+        if sock != self.boot_cfg.milter.socket:
+            log.debug("worker %d listens on %s until it is renamed", os.getpid(), sock)
         try:
             run_milter("listgate", sock, int(cfg.milter.timeout))
         except Milter.milter.error as e:

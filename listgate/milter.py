@@ -38,6 +38,9 @@ from listgate.reply import Reply
 log = logging.getLogger("listgate")
 
 _ids = itertools.count(1)
+#: before each connection id: "" for the first worker, "N." for the N-th the main
+#: process started (after a takeover two workers log to one file at once)
+CONN_ID_PREFIX = ""
 _ACTIONS = {CONTINUE: Milter.CONTINUE, ACCEPT: Milter.ACCEPT, REJECT: Milter.REJECT,
             TEMPFAIL: Milter.TEMPFAIL}
 INTERNAL_ERROR = Reply("451", "4.3.0", "Internal error in the list filter; try again later")
@@ -221,7 +224,7 @@ class ListgateMilter(Milter.Base):
         return Milter.CONTINUE
 
     def __init__(self) -> None:
-        self.conn_id = str(next(_ids))
+        self.conn_id = f"{CONN_ID_PREFIX}{next(_ids)}"
         self.session: Session | None = None
         self.failed = False
         self._protocol = 0

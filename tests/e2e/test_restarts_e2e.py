@@ -228,6 +228,11 @@ def test_reload_takeover_under_load_refuses_nobody_and_the_idle_session_is_deliv
                 "a fresh interpreter (new code), not a fork of the main process")
             load.wait_for(30)
             assert old[0] in children(d), "the old worker still serves the idle session"
+            # the new worker says so, and its connection ids are its own: two workers
+            # log to one file at once
+            d.wait_for_log(rf"INFO listgate \S+ taking over: socket={d.socket} mode=enforce "
+                           r"backend=sqlite \(worker \d+\)$", since=mark)
+            d.wait_for_log(r"INFO \[2\.\d+\] \S+: ACCEPT: list=dev@lists\.test", since=mark)
             load.stop()
         idle_msg = infra.make_message(from_=MEMBER, to=LIST, subject="idle across a reload")
         code, text = idle.data(idle_msg)
