@@ -188,7 +188,7 @@ class Backend(abc.ABC):
         ``senders`` are Mailman 3's (From, envelope, Reply-To, Sender; decoded, valid,
         lowercased, unique), or Mailman 2's raw ``get_senders()`` for a backend whose
         :attr:`senders_as` says so; ``primary`` is Mailman 2's single ``get_sender()``
-        address.  Mailman 3
+        address (passed to such a backend only; the others get "").  Mailman 3
         style backends return :class:`ListFacts`; another list manager's backend may
         return its own facts type, which ``verdict.list_verdict`` dispatches on.
         """
