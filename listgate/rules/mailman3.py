@@ -19,10 +19,9 @@ from contextlib import suppress
 from email.header import Header
 from email.iterators import typed_subpart_iterator
 from email.message import Message
-from email.utils import getaddresses
 from typing import Any
 
-from listgate.compat32 import MailmanFails, NotRead, Unevaluable, Unseen, decoded
+from listgate.compat32 import MailmanFails, NotRead, Unevaluable, Unseen, decoded, getaddresses
 from listgate.model import NONMEMBER_LISTS, HeaderMatch, ListFacts, SenderFacts
 from listgate.post import Post
 from listgate.rules import Hit, Input, Pass, password_hit
