@@ -14,6 +14,7 @@ It also lets the milter skip a reply round trip at connect and HELO.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import threading
@@ -131,10 +132,25 @@ def _is_loopback(ip: str | None) -> bool:
     return ip is not None and ipaddress.ip_address(ip).is_loopback
 
 
+#: every character an IPv4 address may have (an IPv6 one has a colon)
+_IPV4_CHARS = frozenset("0123456789.")
+
+
+@functools.lru_cache(maxsize=4096)
+def source_network(ip: str) -> str:
+    """The client's network, its /24 or /64: the password checker's share is per source.
+    Remembered per address: the same MTAs connect again and again."""
+    prefix = 24 if ipaddress.ip_address(ip).version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
 def is_ip_literal(name: str) -> bool:
     """A bare IPv4/IPv6 address (not the RFC 5321 ``[address-literal]`` form)."""
+    name = name.strip()
+    if ":" not in name and not _IPV4_CHARS.issuperset(name):
+        return False  # a host name (letters, no colon): no ValueError raised per HELO
     try:
-        ipaddress.ip_address(name.strip())
+        ipaddress.ip_address(name)
     except ValueError:
         return False
     return True
@@ -956,10 +972,7 @@ class Session:
 
     def _context(self, list_address: str, senders: tuple[str, ...]) -> Context:
         eng = self.engine
-        source = None
-        if self.ip is not None:
-            prefix = 24 if ipaddress.ip_address(self.ip).version == 4 else 64
-            source = str(ipaddress.ip_network(f"{self.ip}/{prefix}", strict=False))
+        source = None if self.ip is None else source_network(self.ip)
         return Context(passwords=eng.passwords, dmarc=eng.dmarc, source=source,
                        refuses=lambda v: self._map_verdict(list_address, v, senders).refuses)
 
