@@ -66,6 +66,9 @@ class Link:
     #: DETOUR: the links of the chain detoured to, made per post (Mailman's
     #: ``HeaderMatchChain.get_links`` builds them from the site and list settings)
     links: Callable[[Input], Iterable[Link]] | None = None
+    #: the rule looks at the verdict of the links after it (``Input.rest``): only
+    #: such a link gets it, the walk of every other link makes no closure for it
+    reads_rest: bool = False
 
 
 def _crash(what: str) -> Callable[[Input], Any]:
@@ -108,7 +111,7 @@ MAILMAN3_CHAIN: tuple[Link, ...] = (
     Link("autorespond", m3.autorespond, JUMP, "discard"),
     Link("dmarc-mitigation", m3.dmarc_mitigation, JUMP, FROM_HIT),
     Link("no-senders", m3.no_senders, JUMP, "discard"),
-    Link("approved", m3.approved, JUMP, "accept", accepts=True),
+    Link("approved", m3.approved, JUMP, "accept", accepts=True, reads_rest=True),
     Link("loop", m3.loop, JUMP, "discard"),
     Link("banned-address", m3.banned_address, JUMP, "discard"),
     Link("header-match", m3.truth, DETOUR, links=header_match_links),
@@ -153,7 +156,7 @@ MAILMAN2_HANDLERS: dict[str, tuple[Link, ...]] = {
     ),
     "Approve": (
         Link("loop", m2.loop, JUMP, "discard"),
-        Link("approve", m2.approve, JUMP, "accept", accepts=True),
+        Link("approve", m2.approve, JUMP, "accept", accepts=True, reads_rest=True),
     ),
     "Replybot": (),  # sends the autoresponse; never refuses
     "Moderate": (
@@ -202,6 +205,13 @@ def mailman2_links(pipeline: tuple[str, ...] = MAILMAN2_GLOBAL_PIPELINE) -> tupl
 MAILMAN2_PIPELINE: tuple[Link, ...] = mailman2_links()
 
 
+_NO_REST = ()
+
+
+def _rest_not_declared() -> ListVerdict | None:
+    raise RuntimeError("a rule read Input.rest, but its Link does not say reads_rest")
+
+
 class _Walk:
     """The state of one walk: passes and notes collected on the way."""
 
@@ -214,9 +224,13 @@ class _Walk:
         """Walk ``links``; the verdict, or None when a sub-chain runs out."""
         inp = self.inp
         for i, link in enumerate(links):
-            rest: list[ListVerdict | None] = []
+            rest: list[ListVerdict | None] | tuple[()] = _NO_REST
             if top:
-                inp.rest = functools.partial(self._rest, links[i + 1:], rest)
+                if link.reads_rest:
+                    rest = []
+                    inp.rest = functools.partial(self._rest, links[i + 1:], rest)
+                else:
+                    inp.rest = _rest_not_declared
             try:
                 result = link.check(inp)
             except MailmanFails as e:
