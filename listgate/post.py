@@ -58,7 +58,10 @@ class Post:
         #: False when the MTA passed more headers than listgate keeps: a header rule
         #: cannot then be judged (the header it looks for may be among the rest)
         self.headers_complete = headers_complete
-        self._by_name: dict[str, list[str | Header]] | None = None
+        #: lowercased name -> the (name, milter value) pairs, in order
+        self._raw_by_name: dict[str, list[tuple[str, str]]] | None = None
+        #: lowercased name -> the values as Mailman reads them, made on first use
+        self._by_name: dict[str, list[str | Header]] = {}
         self._message: email.message.Message | None = None
         self._mm2_message: email.message.Message | None = None
 
@@ -69,25 +72,39 @@ class Post:
         """The whole body is here (read, and not cut at max_body_bytes)."""
         return self.body is not None and len(self.body) == self.body_size
 
-    def _index(self) -> dict[str, list[str | Header]]:
-        if self._by_name is None:
-            index: dict[str, list[str | Header]] = {}
+    def _raw_index(self) -> dict[str, list[tuple[str, str]]]:
+        if self._raw_by_name is None:
+            index: dict[str, list[tuple[str, str]]] = {}
             for name, value in self.raw_headers:
-                index.setdefault(name.lower(), []).append(mailman_value(name, value))
-            self._by_name = index
-        return self._by_name
+                index.setdefault(name.lower(), []).append((name, value))
+            self._raw_by_name = index
+        return self._raw_by_name
+
+    def _values(self, lname: str) -> list[str | Header] | None:
+        """The values of one header (lowercased name) in Mailman's form, None if absent.
+
+        Converted per header name on first use, as compat32 parses a header only
+        when ``msg.get`` asks for it: the rules read a few headers, not all of them."""
+        values = self._by_name.get(lname)
+        if values is None:
+            raw = self._raw_index().get(lname)
+            if raw is None:
+                return None
+            values = self._by_name[lname] = [mailman_value(n, v) for n, v in raw]
+        return values
 
     def get_all(self, name: str) -> list[str | Header]:
         """Every value of header ``name`` (any case), in order, as ``msg.get_all``."""
-        return self._index().get(name.lower(), [])
+        values = self._values(name.lower())
+        return [] if values is None else values
 
     def get(self, name: str, default: Any = None) -> Any:
         """The first value of header ``name``, as ``msg.get(name, default)``."""
-        values = self._index().get(name.lower())
+        values = self._values(name.lower())
         return values[0] if values else default
 
     def __contains__(self, name: str) -> bool:
-        return name.lower() in self._index()
+        return name.lower() in self._raw_index()
 
     def without(self, names: Sequence[str]) -> Post:
         """The same post with every occurrence of these headers removed (as a rule that
@@ -109,9 +126,8 @@ class Post:
         """Mailman 3's ``msg.senders`` (:func:`listgate.addresses.senders`): From,
         envelope, Reply-To, Sender, RFC 2047 decoded, lowercased, invalid ones dropped,
         repeats kept.  Raises :class:`Unevaluable` where Mailman's property raises."""
-        by_name: dict[str, list[str]] = {}
-        for name, value in self.raw_headers:
-            by_name.setdefault(name.lower(), []).append(value)
+        by_name = {h: [v for _n, v in pairs] for h, pairs in self._raw_index().items()
+                   if h in self.sender_headers}
         return tuple(addresses.senders(by_name, self.envelope_sender, self.sender_headers))
 
     @property
