@@ -85,14 +85,22 @@ def header_match_links(inp: Input) -> list[Link]:
     site's ``jump_chain``).  A target Mailman has no terminal chain for makes Mailman
     fail when it builds that link: undecided here."""
     site, policy = inp.facts.site, inp.facts.policy
+    return list(_header_match_links(site.header_checks, site.jump_chain, policy.address,
+                                    tuple(policy.header_matches)))
+
+
+@functools.lru_cache(maxsize=256)
+def _header_match_links(header_checks: str, jump: str, address: str,
+                        header_matches: tuple[Any, ...]) -> tuple[Link, ...]:
+    """:func:`header_match_links` from the settings it reads: made once per list and
+    settings, not per post (the links hold no state of a post)."""
     out = [Link(f"header-match-config-{i}", m3.header_match_rule(h, p), DEFER)
-           for i, (h, p) in enumerate(m3.site_header_checks(site.header_checks))]
-    jump = site.jump_chain
+           for i, (h, p) in enumerate(m3.site_header_checks(header_checks))]
     out.append(Link("any", m3.any_site_check if jump in TERMINALS else _crash(
         f"[antispam] jump_chain {jump!r} is not a chain"), JUMP, jump,
         accepts=jump not in ("hold", "reject", "discard")))
-    list_id = policy.address.replace("@", ".")
-    for i, match in enumerate(policy.header_matches):
+    list_id = address.replace("@", ".")
+    for i, match in enumerate(header_matches):
         target = match.action or jump
         name = f"header-match-{list_id}-{i}"
         if target in TERMINALS:
@@ -102,7 +110,7 @@ def header_match_links(inp: Input) -> list[Link]:
             out.append(Link(name, _crash(f"header_matches rule {i} names {target!r}, which "
                                          "is not a chain Mailman can jump to"),
                             JUMP, target, accepts=True))
-    return out
+    return tuple(out)
 
 
 #: Mailman 3.3.10: LMTP runner, incoming runner, then ``chains/builtin.py``
@@ -248,11 +256,12 @@ class _Walk:
                 # raises in Mailman too, which shunts the post
                 return self._undecided(link, f"Mailman would fail on it: "
                                              f"{type(e).__name__}: {e}")
-            if isinstance(result, ListVerdict):
-                return result
-            if isinstance(result, Pass):
-                self.passes.append((link.rule, result.reason))
-                result = None
+            if result is not None:  # most links miss: no type tests for them
+                if isinstance(result, ListVerdict):
+                    return result
+                if isinstance(result, Pass):
+                    self.passes.append((link.rule, result.reason))
+                    result = None
             if result is None:
                 if rest:
                     return rest[0]  # the rest was walked already, from this very state
