@@ -54,7 +54,8 @@ class Post:
         self.body = body
         self.body_size = body_size if body_size is not None else (
             len(body) if body is not None else None)
-        self.sender_headers = tuple(h.lower() for h in sender_headers)
+        self.sender_headers = (SENDER_HEADERS if sender_headers is SENDER_HEADERS
+                               else tuple(h.lower() for h in sender_headers))
         #: False when the MTA passed more headers than listgate keeps: a header rule
         #: cannot then be judged (the header it looks for may be among the rest)
         self.headers_complete = headers_complete
