@@ -255,6 +255,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--milters", default=",".join(MILTERS))
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change listgate's config (repeatable), e.g. milter.log_level=warning")
     ap.add_argument("--keep", action="store_true", help="keep the work directory "
                     "(callgrind dumps, logs)")
     ap.add_argument("--json", action="store_true")
@@ -270,12 +272,21 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {"tool": args.tool, "posts_per_kind": n,
                                "load_before": os.getloadavg()[0]}
     with infra.DnsServer(txt=DNS_TXT, ttl=300) as dns:
+        from lgdaemon import merge_ini
+
         cfg = workdir / "listgate.cfg"
-        cfg.write_text(
+        extra = ""
+        for item in args.set:
+            key, _, value = item.partition("=")
+            section, _, option = key.partition(".")
+            extra += f"[{section}]\n{option} = {value}\n"
+        cfg.write_text(merge_ini(
             f"[milter]\nlog_file = {workdir / 'listgate.log'}\numask = 000\n"
             "log_level = info\nauthserv_id = mx.listgate.test\n"
             "[network]\ninternal_connect = 127.0.0.254/32\n"
-            f"[sqlite]\npath = {db}\n[dns]\nnameservers = {dns.nameservers}\ntimeout = 2\n")
+            f"[sqlite]\npath = {db}\n[dns]\nnameservers = {dns.nameservers}\ntimeout = 2\n",
+            extra))
+        results["config"] = cfg.read_text()
         for milter in args.milters.split(","):
             results[milter] = run_milter(milter, args.tool, args.kinds.split(","), n,
                                          args.warmup, workdir, cfg)
