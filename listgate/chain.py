@@ -85,8 +85,12 @@ def header_match_links(inp: Input) -> list[Link]:
     site's ``jump_chain``).  A target Mailman has no terminal chain for makes Mailman
     fail when it builds that link: undecided here."""
     site, policy = inp.facts.site, inp.facts.policy
-    return list(_header_match_links(site.header_checks, site.jump_chain, policy.address,
-                                    tuple(policy.header_matches)))
+    settings = (site.header_checks, site.jump_chain, policy.address,
+                tuple(policy.header_matches))
+    try:
+        return list(_header_match_links(*settings))
+    except TypeError:  # a setting that cannot be a cache key: made for this post alone
+        return list(_header_match_links.__wrapped__(*settings))
 
 
 @functools.lru_cache(maxsize=256)

@@ -86,3 +86,14 @@ def test_header_match_links_are_shared_between_posts_of_a_list() -> None:
     a = header_match_links(Input(post, _facts(), Context()))
     b = header_match_links(Input(post, _facts(), Context()))
     assert a == b and a is not b  # the same links, in a list of its own per walk
+
+
+def test_header_match_links_of_settings_that_cannot_be_a_cache_key() -> None:
+    from listgate.chain import header_match_links
+    from listgate.model import HeaderMatch
+    from listgate.rules import Input
+
+    odd = HeaderMatch("x-spam", "yes", action=["hold"])  # type: ignore[arg-type]
+    post = Post([("From", "m@x.org")], "m@x.org")
+    links = header_match_links(Input(post, _facts(header_matches=(odd,)), Context()))
+    assert [lk.rule for lk in links] == ["any", "header-match-dev.lists.test-0"]
