@@ -81,24 +81,32 @@ def serve(cfg_path: str, listen: str, profile_out: str | None) -> int:
     if profile_out:
         import cProfile
         import functools
+        import threading
 
         prof = cProfile.Profile()
+        depth = threading.local()  # per pymilter thread state: on in the outermost call
 
         def profiled(func: Any) -> Any:
             @functools.wraps(func)
             def wrapper(*a: Any) -> Any:
-                prof.enable()
+                outer = not getattr(depth, "n", 0)
+                depth.n = getattr(depth, "n", 0) + 1
+                if outer:
+                    prof.enable()
                 try:
                     return func(*a)
                 finally:
-                    prof.disable()
+                    depth.n -= 1
+                    if outer:
+                        prof.disable()
             return wrapper
 
+        # every method pymilter's glue (listgate.milter.run_milter) calls
         for name in ("negotiate", "__init__", "connect", "data", "hello", "envfrom",
-                     "envrcpt", "header_bytes", "eom", "close"):
-            setattr(ListgateMilter, name, profiled(getattr(ListgateMilter, name)))
-        # pymilter looks the per-callback wrappers up by name at class level; a profiled
-        # "header" keeps negotiation as it is (the calls arrive at header_bytes)
+                     "envfrom_bytes", "envrcpt", "envrcpt_bytes", "header_bytes", "eoh",
+                     "body", "eom", "abort", "close"):
+            if hasattr(ListgateMilter, name):
+                setattr(ListgateMilter, name, profiled(getattr(ListgateMilter, name)))
     r, w = os.pipe()
     cfg = load(cfg_path)
     code = Worker(cfg, r, None, listen).run()
