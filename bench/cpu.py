@@ -107,6 +107,12 @@ def serve(cfg_path: str, listen: str, profile_out: str | None) -> int:
                      "body", "eom", "abort", "close"):
             if hasattr(ListgateMilter, name):
                 setattr(ListgateMilter, name, profiled(getattr(ListgateMilter, name)))
+    # the rescuer (daemon.Rescuer) connects to the socket while a callback has run for
+    # over 50 ms, which under valgrind, on a loaded machine, one may: its connections
+    # would be counted as the verdicts' work, by how slow the machine was
+    from listgate.daemon import Rescuer
+
+    Rescuer.after = 3600.0
     r, w = os.pipe()
     cfg = load(cfg_path)
     code = Worker(cfg, r, None, listen).run()
