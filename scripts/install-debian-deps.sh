@@ -8,6 +8,9 @@
 #     postfix        private test instances (postfix -c DIR) and smtp-sink
 #     dnsmasq-base   the dnsmasq binary only: the `dnsmasq` package would add a system
 #                    service listening on port 53; the tests run their own instances
+#     postgresql     initdb/pg_ctl for the private clusters of the PostgreSQL store's
+#                    tests (own port and socket directory under /var/tmp); the
+#                    system cluster the package makes is never started (policy-rc.d)
 #     libwrap0, m4   what the private sendmail of the sendmail tests needs (its binary
 #                    links libwrap; m4 builds sendmail.cf). sendmail itself conflicts
 #                    with postfix as a package: scripts/install-sendmail.sh unpacks it
@@ -35,7 +38,7 @@ PACKAGING=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
            python3-setuptools lintian systemd python3-pytest man-db publicsuffix)
 case "${1:-test}" in
     run) ;;
-    test) PACKAGES+=(postfix dnsmasq-base libwrap0 m4 "${PACKAGING[@]}") ;;
+    test) PACKAGES+=(postfix dnsmasq-base postgresql libwrap0 m4 "${PACKAGING[@]}") ;;
     package) PACKAGES+=("${PACKAGING[@]}") ;;
     *) echo "usage: $0 run|test|package" >&2; exit 2 ;;
 esac
@@ -62,6 +65,9 @@ log "installing: ${missing[*]}"
 
 export DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true
 exec </dev/null
+
+# the PostgreSQL clusters already running (left alone: they are the admin's)
+pg_online_before=$(pg_lsclusters --no-header 2>/dev/null | awk '$4 == "online" {print $1 "/" $2}' || true)
 
 postfix_installed_before=no
 if dpkg-query -W -f='${db:Status-Status}' postfix 2>/dev/null | grep -qx installed; then
@@ -100,6 +106,17 @@ if [ "$postfix_installed_before" = no ] && postfix status >/dev/null 2>&1; then
     postfix stop >/dev/null 2>&1 || true
 fi
 
+# Nor a system PostgreSQL (the tests run private clusters on their own ports).
+if [ "${1:-test}" = test ] && command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters --no-header 2>/dev/null | while read -r ver name port status _rest; do
+        if [ "$status" = online ] && ! printf '%s\n' "${pg_online_before:-}" |
+                grep -qx "$ver/$name"; then
+            log "stopping the system PostgreSQL cluster $ver/$name the package started"
+            pg_ctlcluster "$ver" "$name" stop >/dev/null 2>&1 || true
+        fi
+    done
+fi
+
 tools=()
 [ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq m4)
 for tool in "${tools[@]}"; do
@@ -108,4 +125,8 @@ for tool in "${tools[@]}"; do
         exit 1
     }
 done
+if [ "${1:-test}" = test ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    log "ERROR: pg_ctl missing after install"
+    exit 1
+fi
 log "done"
