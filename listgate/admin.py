@@ -1,6 +1,8 @@
-"""``listgate db|lists|members|bans``: the admin commands for the embedded SQLite store.
+"""``listgate db|lists|members|bans``: the admin commands for listgate's own store.
 
-These edit the store the daemon reads (``[sqlite] path``).  The daemon opens the
+These edit the store the daemon reads: the SQLite file (``[sqlite] path``) or, with
+``[lists] backend = postgresql``, the PostgreSQL database of ``[postgresql]``, which
+every MX host's daemon and CLI share (same commands, same output).  The daemon opens the
 file read-only and notices every committed change on its next query (after the
 engine's cache TTL), so there is nothing to reload.  Writing commands create the
 database on first use; reading commands on a missing database fail, naming the
@@ -91,13 +93,13 @@ import dataclasses
 import json
 import os
 import re
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from listgate import listsettings, model
+from listgate.backends import open_store
 from listgate.backends.sqlite import (
     LIST_OPTIONS,
     SqliteStore,
@@ -127,7 +129,7 @@ def _command(fn: _Command, *, write: bool) -> Handler:
     """
 
     def handler(args: argparse.Namespace, cfg: Config) -> int:
-        store = SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout)
+        store = open_store(cfg)
         args.cfg = cfg  # for commands that read another source (lists import --from)
         try:
             return fn(args, store)
@@ -137,8 +139,8 @@ def _command(fn: _Command, *, write: bool) -> Handler:
         except (StoreError, model.BackendError) as e:
             _err(str(e))
             return 1
-        except sqlite3.Error as e:
-            _err(f"{store.path}: {e}")
+        except store.errors as e:
+            _err(f"{store.path}: {' '.join(str(e).split())}")
             return 1
         except OSError as e:
             _err(f"{e.filename or store.path}: {e.strerror or e}")
@@ -260,7 +262,7 @@ def cmd_lists_show(args: argparse.Namespace, store: SqliteStore) -> int:
 
 def cmd_lists_ls(args: argparse.Namespace, store: SqliteStore) -> int:
     """Print every posting address of the configured backend, one per line."""
-    if args.cfg.lists.backend == "sqlite":
+    if args.cfg.lists.backend in ("sqlite", "postgresql"):
         addresses = store.list_lists()
     else:  # what the daemon sees: Mailman's own lists
         from listgate.backends import open_backend
@@ -514,7 +516,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
         p.add_argument("--json", action="store_true",
                        help="print one JSON array instead of lines")
 
-    db = group("db", "manage the SQLite store file")
+    db = group("db", "manage the store (the SQLite file, or the PostgreSQL database)")
     leaf(db, "init", cmd_db_init, write=False)  # init is the command itself
     p = leaf(db, "upgrade", cmd_db_upgrade, write=False)
     p.add_argument("--if-exists", action="store_true",

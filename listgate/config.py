@@ -291,7 +291,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "cache_ttl": Opt("60", _seconds),
     },
     "lists": {
-        "backend": Opt("sqlite", _choice("sqlite", "mailman3", "mailman2")),
+        "backend": Opt("sqlite", _choice("sqlite", "postgresql", "mailman3", "mailman2")),
         "one_list_per_transaction": Opt("yes", parse_bool),
         "nonmember_hold_action": Opt("reject", _choice(*HOLD_ACTIONS)),
         "member_hold_action": Opt("accept", _choice(*HOLD_ACTIONS)),
@@ -320,6 +320,14 @@ SCHEMA: dict[str, dict[str, Opt]] = {
     "sqlite": {
         "path": Opt("/var/lib/listgate/listgate.db", _str),
         "busy_timeout": Opt("2", _seconds),
+    },
+    "postgresql": {
+        # listgate's own store on a PostgreSQL server (listgate.backends.postgresql)
+        "conninfo": Opt("", _str),
+        "passfile": Opt("", _str),
+        "pool_size": Opt("4", _positive_int),
+        "connect_timeout": Opt("5", _positive_seconds),
+        "statement_timeout": Opt("2", _positive_seconds),
     },
     "approved": {
         # the moderator-password check of Mailman's approved rule (listgate.passwords)

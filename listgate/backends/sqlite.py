@@ -12,6 +12,10 @@ Two classes share one schema:
   :class:`~listgate.model.BackendError` -- a tempfail -- rather than a wrong answer.
   It deliberately caches nothing: the engine caches above the backend.
 
+The SQL of both classes is also that of the same store on PostgreSQL
+(:mod:`listgate.backends.postgresql`, whose classes derive from these): keep it to
+what both engines take (``ON CONFLICT``, no ``IN ()``), or give the engines their own.
+
 The database runs in WAL mode so that the daemon's readers never block the admin's
 writes and vice versa.  WAL needs the ``-wal``/``-shm`` files next to the database,
 so the daemon's user needs write access to the directory (or to those files).
@@ -202,6 +206,9 @@ class SqliteStore:
     :class:`ListNotFound`; opening a database that does not exist raises
     :class:`StoreError` (only :meth:`init` creates one).
     """
+
+    #: the engine's own exceptions (the CLI reports them as operational errors)
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str, busy_timeout: float = 2.0) -> None:
         self.path = path
@@ -496,7 +503,8 @@ class SqliteStore:
         e = validate_ban_entry(entry)
         with self._write() as conn:
             lst = None if list is None else self._require_list(conn, list)
-            cur = conn.execute("INSERT OR IGNORE INTO bans (list, entry) VALUES (?, ?)", (lst, e))
+            cur = conn.execute("INSERT INTO bans (list, entry) VALUES (?, ?)"
+                               " ON CONFLICT DO NOTHING", (lst, e))
             return cur.rowcount > 0
 
     def remove_ban(self, entry: str, list: str | None = None) -> bool:
@@ -583,11 +591,11 @@ class SqliteStore:
                     )
                     summary[f"{role}s"] += len(rows)
             if bans is not None:
-                conn.execute(
-                    f"DELETE FROM bans WHERE list IS NULL OR list IN ({_placeholders(len(names))})",
-                    names,
-                )
-                conn.executemany("INSERT OR IGNORE INTO bans (list, entry) VALUES (?, ?)", bans)
+                conn.execute("DELETE FROM bans WHERE list IS NULL")
+                for name in names:
+                    conn.execute("DELETE FROM bans WHERE list = ?", (name,))
+                conn.executemany("INSERT INTO bans (list, entry) VALUES (?, ?) "
+                                 "ON CONFLICT DO NOTHING", bans)
                 summary["bans"] = len(bans)
             for key, value in site.items():
                 conn.execute("INSERT INTO site (key, value) VALUES (?, ?) ON CONFLICT (key) DO "

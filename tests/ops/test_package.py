@@ -258,7 +258,7 @@ def test_installed_unit_verifies(installed: None) -> None:
 
 
 #: the Suggests the unit tests need
-SUGGESTED = ["python3-prometheus-client"]
+SUGGESTED = ["python3-prometheus-client", "python3-psycopg", "python3-psycopg-pool"]
 
 
 def test_unit_tests_pass_on_debian_python_and_packages(installed: None) -> None:
@@ -272,7 +272,8 @@ def test_unit_tests_pass_on_debian_python_and_packages(installed: None) -> None:
         assert where[0] == "/usr/lib/python3/dist-packages/listgate/__init__.py"
         assert where[1] == "listgate._vendor.publicsuffixlist"
         assert all(w.startswith("/usr/lib/python3/") for w in where[3:]), where
-        # [metrics] needs the suggested python3-prometheus-client: installed for this
+        # [metrics] needs the suggested python3-prometheus-client, the PostgreSQL store
+        # python3-psycopg and python3-psycopg-pool: installed for this
         # test, marked automatic so the fixture's clean-up removes it again.  The chart
         # (matplotlib, 60 Debian packages) is left to the venv suite: its one test is
         # deselected here, every other unit test runs on Debian's packages.
