@@ -1,4 +1,5 @@
-"""The admin commands, driven through a real argparse tree built with ``admin.register``."""
+"""The admin commands, driven through a real argparse tree built with ``admin.register``,
+on both engines of the store (SQLite, and PostgreSQL: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from pgcluster import store_config_for
 
 from listgate import admin, config
-from listgate.backends.sqlite import SqliteBackend, SqliteStore
+from listgate.backends import open_backend, open_store
 
 LIST = "dev@example.org"
 
@@ -26,11 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Cli:
-    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.path = tmp_path / "db.sqlite"
-        self.cfg = config.parse(f"[sqlite]\npath = {self.path}\n")
+    def __init__(self, cfg_text: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.cfg = config.parse(cfg_text)
+        self.engine = self.cfg.lists.backend
+        #: how messages name the store: the file, or the PostgreSQL database
+        self.path = open_store(self.cfg).path
         self.parser = build_parser()
         self.capsys = capsys
+
+    def exists(self) -> bool:
+        with open_store(self.cfg) as store:
+            return store.exists()
+
+    @property
+    def missing(self) -> str:
+        """What a reading command says about a store that was never initialised."""
+        if self.engine == "sqlite":
+            return (f"no database at {self.path}: if it was lost, restore it (from a backup, or "
+                "'listgate db init' then 'listgate lists import' of an export); on a new "
+                "host, create it with 'listgate db init'")
+        return (f"postgresql {self.path} is not an initialised listgate database "
+                "(run 'listgate db init')")
 
     def __call__(self, *argv: str) -> tuple[int, str, str]:
         self.capsys.readouterr()
@@ -49,9 +67,9 @@ class Cli:
 
 
 @pytest.fixture
-def bare_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """A CLI whose database does not exist yet."""
-    return Cli(tmp_path, capsys)
+def bare_cli(store_config: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """A CLI whose database does not exist yet (or, on PostgreSQL, is empty)."""
+    return Cli(store_config, capsys)
 
 
 @pytest.fixture
@@ -78,7 +96,7 @@ def test_db_upgrade_if_exists(bare_cli: Cli) -> None:
     """The package's upgrade step on a host without a store: nothing to do, exit 0."""
     assert bare_cli.ok("db", "upgrade", "--if-exists") == (
         f"no database at {bare_cli.path}: nothing to upgrade\n")
-    assert not bare_cli.path.exists()
+    assert not bare_cli.exists()
     bare_cli.ok("db", "init")
     assert "nothing to do" in bare_cli.ok("db", "upgrade", "--if-exists")
 
@@ -87,7 +105,7 @@ def test_db_init(bare_cli: Cli) -> None:
     cli = bare_cli
     assert "initialised database" in cli.ok("db", "init")
     assert "already initialised" in cli.ok("db", "init")
-    assert cli.path.exists()
+    assert cli.exists()
 
 
 def test_no_command_but_db_init_creates_the_database(bare_cli: Cli, tmp_path: Path) -> None:
@@ -100,11 +118,9 @@ def test_no_command_but_db_init_creates_the_database(bare_cli: Cli, tmp_path: Pa
                  ("lists", "import", str(tmp_path / "x.json")), ("db", "upgrade")):
         rc, out, err = cli(*argv)
         assert rc == 1, argv
-        assert err == (f"listgate: no database at {cli.path}: if it was lost, restore it "
-                       "(from a backup, or 'listgate db init' then 'listgate lists import' "
-                       "of an export); on a new host, create it with 'listgate db init'\n")
+        assert err == f"listgate: {cli.missing}\n"
         assert out == ""
-    assert not cli.path.exists()
+    assert not cli.exists()
 
 
 def test_create_set_show_ls(cli: Cli) -> None:
@@ -182,7 +198,7 @@ def test_members_from_file_and_ls(cli: Cli, tmp_path: Path) -> None:
     assert out == f"{LIST}: removed 1 of 2 members\n"
     assert "alice" not in cli.ok("members", "ls", LIST)
     # the daemon's view agrees
-    backend = SqliteBackend(str(cli.path))
+    backend = open_backend(cli.cfg)
     f1, f2 = backend.list_facts(LIST, ["bob@example.org", "bot@example.net"]).senders
     assert f1.is_member and f1.member_action == "hold"
     assert not f2.is_member and f2.nonmember_action == "accept"
@@ -326,12 +342,20 @@ def test_export_import_round_trip(cli: Cli, tmp_path: Path) -> None:
     assert json.loads(backup.read_text()) == saved
 
 
-def test_import_into_a_fresh_database(cli: Cli, tmp_path: Path,
+def test_import_into_a_fresh_database(cli: Cli, tmp_path: Path, engine: str,
+                                      request: pytest.FixtureRequest,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     populate(cli)
     text = cli.ok("lists", "export", "-")
-    other = Cli(tmp_path / "elsewhere", cli.capsys)
     (tmp_path / "elsewhere").mkdir()
+    if engine == "sqlite":
+        other = Cli(store_config_for(engine, tmp_path / "elsewhere", request), cli.capsys)
+    else:  # another database of the cluster
+        cluster = request.getfixturevalue("pg_cluster")
+        name = cluster.create_database()
+        request.addfinalizer(lambda: cluster.drop_database(name))
+        other = Cli("[lists]\nbackend = postgresql\n[postgresql]\nconninfo = "
+                    f"{cluster.conninfo(name)}\n", cli.capsys)
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     other.ok("db", "init")
     out = other.ok("lists", "import", "-")
@@ -378,7 +402,7 @@ def test_bad_import_is_a_usage_error(cli: Cli, tmp_path: Path, doc: str, message
 
 def test_written_data_is_what_the_store_reads(cli: Cli) -> None:
     populate(cli)
-    with SqliteStore(str(cli.path)) as store:
+    with open_store(cli.cfg) as store:
         assert store.get_list(LIST).default_member_action == "hold"
         assert store.bans(list=LIST) == ["troll@example.com"]
 

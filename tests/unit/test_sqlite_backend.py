@@ -1,16 +1,19 @@
-"""The embedded SQLite store and the daemon's read-only backend, on real files."""
+"""listgate's store and the daemon's read-only backend, on both engines: SQLite files
+and a private PostgreSQL cluster (tests/conftest.py).  Tests of what only a file can
+do (WAL, being replaced or deleted) are SQLite's alone."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from listgate import config, model
-from listgate.backends import open_backend
+from listgate.backends import open_backend, open_store
 from listgate.backends.sqlite import (
     SCHEMA_VERSION,
     ListExists,
@@ -18,20 +21,22 @@ from listgate.backends.sqlite import (
     SqliteBackend,
     SqliteStore,
     StoreError,
-    create,
 )
 
 LIST = "dev@example.org"
 
 
+SQLITE_ONLY = pytest.mark.parametrize("engine", ["sqlite"])
+
+
 @pytest.fixture
-def cfg(tmp_path: Path) -> config.Config:
-    return config.parse(f"[sqlite]\npath = {tmp_path}/db.sqlite\n")
+def cfg(store_config: str) -> config.Config:
+    return config.parse(store_config)
 
 
 @pytest.fixture
 def store(cfg: config.Config) -> SqliteStore:
-    s = SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout)
+    s = open_store(cfg)
     s.init()
     s.create_list(LIST)
     yield s
@@ -40,9 +45,23 @@ def store(cfg: config.Config) -> SqliteStore:
 
 @pytest.fixture
 def backend(cfg: config.Config, store: SqliteStore) -> SqliteBackend:
-    b = create(cfg)
+    b = open_backend(cfg)
     yield b
     b.close()
+
+
+def raw_execute(cfg: config.Config, sql: str, params: tuple = ()) -> None:
+    """One statement behind the store's back (what a hand edit or old data would do)."""
+    if cfg.lists.backend == "sqlite":
+        conn = sqlite3.connect(cfg.sqlite.path)
+        with conn:
+            conn.execute(sql, params)
+        conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(cfg.postgresql.conninfo, autocommit=True) as conn:
+        conn.execute(sql.replace("?", "%s"), params)
 
 
 def facts(backend: SqliteBackend, *senders: str) -> dict[str, model.SenderFacts]:
@@ -132,8 +151,9 @@ def test_find_list_is_case_insensitive(backend: SqliteBackend) -> None:
 
 def test_open_backend_uses_this_module(cfg: config.Config, store: SqliteStore) -> None:
     b = open_backend(cfg)
-    assert isinstance(b, SqliteBackend) and b.name == "sqlite"
+    assert isinstance(b, SqliteBackend) and b.name == cfg.lists.backend
     assert b.find_list(LIST) == LIST
+    b.close()
 
 
 def test_list_facts_policy(store: SqliteStore, backend: SqliteBackend) -> None:
@@ -196,11 +216,8 @@ def test_bans_exact_and_patterns(store: SqliteStore, backend: SqliteBackend) -> 
 def test_bad_ban_regexp_is_skipped(cfg: config.Config, store: SqliteStore,
                                    backend: SqliteBackend) -> None:
     # the store refuses bad patterns, so plant one as a hand edit (or old data) would
-    conn = sqlite3.connect(cfg.sqlite.path)
-    with conn:
-        conn.execute("INSERT INTO bans (list, entry) VALUES (?, '^(')", (LIST,))
-        conn.execute("INSERT INTO bans (list, entry) VALUES (NULL, '^[')")
-    conn.close()
+    raw_execute(cfg, "INSERT INTO bans (list, entry) VALUES (?, '^(')", (LIST,))
+    raw_execute(cfg, "INSERT INTO bans (list, entry) VALUES (NULL, '^[')")
     store.add_ban("^bad@")
     f = facts(backend, "bad@example.org", "good@example.org")
     assert f["bad@example.org"].banned
@@ -253,8 +270,10 @@ def test_uninitialised_file_is_an_error(tmp_path: Path) -> None:
 
 def test_backend_cannot_write(cfg: config.Config, store: SqliteStore,
                               backend: SqliteBackend) -> None:
-    with backend._read() as conn, pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with pytest.raises(model.BackendError, match=r"readonly|read-only"), \
+            backend._read() as conn:
         conn.execute("DELETE FROM lists")
+    assert backend.find_list(LIST) == LIST
 
 
 def test_connections_move_between_threads(store: SqliteStore, backend: SqliteBackend) -> None:
@@ -279,6 +298,7 @@ def test_connections_move_between_threads(store: SqliteStore, backend: SqliteBac
     assert results == [LIST] * 40
 
 
+@SQLITE_ONLY
 def test_replaced_by_garbage(cfg: config.Config, store: SqliteStore, backend: SqliteBackend,
                              tmp_path: Path) -> None:
     assert backend.find_list(LIST) == LIST
@@ -294,6 +314,7 @@ def test_replaced_by_garbage(cfg: config.Config, store: SqliteStore, backend: Sq
         backend.find_list(LIST)
 
 
+@SQLITE_ONLY
 def test_replaced_by_a_new_database(cfg: config.Config, store: SqliteStore,
                                     backend: SqliteBackend, tmp_path: Path) -> None:
     store.add_members(LIST, ["old@example.org"])
@@ -311,6 +332,7 @@ def test_replaced_by_a_new_database(cfg: config.Config, store: SqliteStore,
     assert f["new@example.org"].is_member
 
 
+@SQLITE_ONLY
 def test_deleted_then_recreated(cfg: config.Config, store: SqliteStore,
                                 backend: SqliteBackend) -> None:
     assert backend.find_list(LIST) == LIST
@@ -353,7 +375,7 @@ def test_concurrent_readers_while_the_cli_writes(cfg: config.Config, store: Sqli
 
     def writer() -> None:
         try:
-            with SqliteStore(cfg.sqlite.path, cfg.sqlite.busy_timeout) as w:
+            with open_store(cfg) as w:
                 for i in range(30):
                     action = model.ACTIONS[i % len(model.ACTIONS)]
                     w.add_members(LIST, [f"w{i % 8}@example.org"], moderation_action=action)
@@ -382,6 +404,80 @@ def test_concurrent_readers_while_the_cli_writes(cfg: config.Config, store: Sqli
     assert {a: f.member_action for a, f in final.items() if f.is_member} == expected
     assert final["ban29@example.org"].banned
     assert backend.list_facts(LIST, []).policy.emergency is False  # i = 29 is odd
-    conn = sqlite3.connect(cfg.sqlite.path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    if cfg.lists.backend == "sqlite":
+        conn = sqlite3.connect(cfg.sqlite.path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+
+
+# -- several writers, schema upgrades: both engines
+
+
+def test_concurrent_cli_writes_are_safe(cfg: config.Config, store: SqliteStore,
+                                        backend: SqliteBackend) -> None:
+    """Four CLIs at once (on two hosts, with PostgreSQL), two of them importing the
+    same list: every write is one transaction, writers queue, nothing is lost."""
+    doc = {"version": 2, "lists": [{"address": "shared@example.org",
+                                    "members": [{"address": f"s{i}@example.org"}
+                                                for i in range(200)]}]}
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[SqliteStore], None]) -> None:
+        try:
+            with open_store(cfg) as s:
+                work(s)
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    def adder(prefix: str) -> Callable[[SqliteStore], None]:
+        def work(s: SqliteStore) -> None:
+            for i in range(40):
+                s.add_members(LIST, [f"{prefix}{i}@example.org"])
+        return work
+
+    def importer(s: SqliteStore) -> None:
+        for _ in range(5):
+            s.import_json(doc)
+
+    threads = [threading.Thread(target=run, args=(w,))
+               for w in (adder("a"), adder("b"), importer, importer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert {a for a, _ in store.members(LIST)} == {
+        f"{p}{i}@example.org" for p in "ab" for i in range(40)}
+    assert len(store.members("shared@example.org")) == 200
+    assert backend.list_facts("shared@example.org", ["s7@example.org"]).senders[0].is_member
+
+
+def test_upgrade_from_schema_version_1(cfg: config.Config, store: SqliteStore,
+                                       backend: SqliteBackend) -> None:
+    """`db upgrade` on a version 1 store (sender rules only): the chain settings appear
+    at Mailman's defaults, members stay; the same command on both engines."""
+    from listgate import listsettings
+    from listgate.backends.sqlite import _V1_FIELDS
+
+    store.add_members(LIST, ["m@example.org"], moderation_action="hold")
+    store.set_list_option(LIST, "max_message_size", 99)
+    store.close()
+    backend.close()
+    for name in listsettings.LIST_FIELD_NAMES:
+        if name not in _V1_FIELDS:
+            raw_execute(cfg, f"ALTER TABLE lists DROP COLUMN {name}")
+    raw_execute(cfg, "DROP TABLE site")
+    raw_execute(cfg, "PRAGMA user_version = 1" if cfg.lists.backend == "sqlite"
+                else "UPDATE listgate_schema SET version = 1")
+    with pytest.raises(model.BackendError, match="schema version 1, expected 2"):
+        open_backend(cfg).find_list(LIST)
+    with open_store(cfg) as s:
+        with pytest.raises(StoreError, match="run 'listgate db upgrade'"):
+            s.list_lists()
+        assert s.upgrade() == (1, SCHEMA_VERSION)
+        assert s.upgrade() == (SCHEMA_VERSION, SCHEMA_VERSION)
+        assert s.get_list(LIST).max_message_size == 40
+        assert s.members(LIST) == [("m@example.org", "hold")]
+    b = open_backend(cfg)
+    assert b.list_facts(LIST, ["m@example.org"]).senders[0].member_action == "hold"
+    b.close()
