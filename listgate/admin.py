@@ -16,6 +16,7 @@ Commands::
 
     listgate db init                     # create the store (or upgrade an older schema)
     listgate db upgrade                  # upgrade an older schema in place
+    listgate db copy --from sqlite:PATH|postgresql:CONNINFO   # move a store, proven
     listgate lists create LIST [--default-member-action A]
                                [--default-nonmember-action A] [--emergency yes|no]
     listgate lists delete LIST
@@ -521,6 +522,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     p = leaf(db, "upgrade", cmd_db_upgrade, write=False)
     p.add_argument("--if-exists", action="store_true",
                    help="a missing database is not an error (nothing to upgrade)")
+    from listgate import dbcopy
+
+    dbcopy.register(db, leaf)
 
     lists = group("lists", "create, configure, export and import lists")
     p = leaf(lists, "create", cmd_lists_create, write=True)
