@@ -371,7 +371,7 @@ def _read_source(args: argparse.Namespace) -> dict[str, Any]:
 
         m3 = args.cfg.mailman3
         backend = mailman3.Mailman3Backend(args.file, m3.user, mailman3.read_password(args.cfg),
-                                           m3.timeout)
+                                           m3.timeout, ca_file=mailman3.ca_file(args.cfg))
         try:
             return mailman3.export(backend)
         finally:

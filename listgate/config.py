@@ -309,6 +309,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "user": Opt("restadmin", _str),
         "password": Opt("", _str),
         "password_file": Opt("", _str),
+        "ca_file": Opt("", _str),
         "timeout": Opt("5", _positive_seconds),
         "cache_ttl": Opt("", _optional_seconds),
         "negative_cache_ttl": Opt("", _optional_seconds),

@@ -11,6 +11,7 @@
 #     postgresql     initdb/pg_ctl for the private clusters of the PostgreSQL store's
 #                    tests (own port and socket directory under /var/tmp); the
 #                    system cluster the package makes is never started (policy-rc.d)
+#     openssl        the test CA and certificates of the Mailman 3 over HTTPS tests
 #     libwrap0, m4   what the private sendmail of the sendmail tests needs (its binary
 #                    links libwrap; m4 builds sendmail.cf). sendmail itself conflicts
 #                    with postfix as a package: scripts/install-sendmail.sh unpacks it
@@ -38,7 +39,7 @@ PACKAGING=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all
            python3-setuptools lintian systemd python3-pytest man-db publicsuffix)
 case "${1:-test}" in
     run) ;;
-    test) PACKAGES+=(postfix dnsmasq-base postgresql libwrap0 m4 "${PACKAGING[@]}") ;;
+    test) PACKAGES+=(postfix dnsmasq-base postgresql openssl libwrap0 m4 "${PACKAGING[@]}") ;;
     package) PACKAGES+=("${PACKAGING[@]}") ;;
     *) echo "usage: $0 run|test|package" >&2; exit 2 ;;
 esac
@@ -118,7 +119,7 @@ if [ "${1:-test}" = test ] && command -v pg_lsclusters >/dev/null 2>&1; then
 fi
 
 tools=()
-[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq m4)
+[ "${1:-test}" = test ] && tools=(postfix postconf smtp-sink dnsmasq openssl m4)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
         log "ERROR: $tool missing after install"

@@ -150,7 +150,7 @@ class Mailman3Backend(Backend):
 
     def __init__(self, url: str, user: str, password: str, timeout: float = 5.0,
                  cache_ttl: float = 60.0, negative_cache_ttl: float = 60.0,
-                 cache_size: int = 10000) -> None:
+                 cache_size: int = 10000, ca_file: str = "") -> None:
         import urllib3  # optional dependency: only needed with this backend
 
         self.url = url.rstrip("/")
@@ -160,9 +160,15 @@ class Mailman3Backend(Backend):
         self._headers = urllib3.make_headers(basic_auth=f"{user}:{password}",
                                              keep_alive=True)
         self._headers["Accept"] = "application/json"
+        # https: the certificate is always verified, name included (the REST password
+        # crosses the network), against ca_file or else the system's CAs
+        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+        if ca_file:
+            tls["ca_certs"] = ca_file
         self._pool = urllib3.PoolManager(num_pools=2, maxsize=16, block=False,
                                          retries=False,
-                                         timeout=urllib3.Timeout(connect=timeout, read=timeout))
+                                         timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                                         **tls)
         self._urllib3 = urllib3
         self._cache = TTLCache(cache_size)
         self._flight_lock = threading.Lock()
@@ -405,6 +411,9 @@ def _reason(e: Exception) -> str:
     for marker in ("Connection refused", "timed out", "Name or service not known"):
         if marker in text:
             return marker.lower() if marker != "Connection refused" else "connection refused"
+    if "certificate verify failed" in text:  # "[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:N)"
+        text = text[text.index("certificate verify failed"):].split(" (_ssl.c:")[0]
+        return f"TLS: {text}"
     return text.split(": ", 1)[-1][:200]
 
 
@@ -414,7 +423,16 @@ def create(cfg: Config) -> Mailman3Backend:
     negative = cfg.lists.negative_cache_ttl if m3.negative_cache_ttl is None \
         else m3.negative_cache_ttl
     return Mailman3Backend(m3.url, m3.user, read_password(cfg), m3.timeout, ttl, negative,
-                           cfg.lists.cache_size)
+                           cfg.lists.cache_size, ca_file(cfg))
+
+
+def ca_file(cfg: Config) -> str:
+    """``[mailman3] ca_file``, checked now: a missing file is a config error naming the
+    key, not a BackendError on every post."""
+    path = cfg.mailman3.ca_file
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(f"{cfg.path}: [mailman3] ca_file: {path}: cannot read it")
+    return path
 
 
 def export(backend: Mailman3Backend) -> dict[str, Any]:
