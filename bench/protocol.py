@@ -33,7 +33,10 @@ shows what is listgate's own cost.  listgate uses the 1e4-member SQLite list.
 
 Part 3, ``scale``: for SQLite lists of 1e2, 1e4 and 1e6 members (databases built
 with listgate's own store, ``SqliteStore.add_members``, and cached under
-``/var/tmp/listgate-bench/`` keyed by schema version and size), and 1e4 on a real
+``/var/tmp/listgate-bench/`` keyed by schema version and size), the same lists on
+PostgreSQL (``--postgresql-sizes``; a private cluster of Debian's postgresql on its
+unix socket, tests/pgcluster.py, started for the run; each database filled with
+``PostgresStore.add_members``), and 1e4 on a real
 Mailman 3.3.10 (its SQLite DB cached the same way): start-up time (exec -> the
 socket accepts a connection), then ONE connection at a time (latency, not
 throughput): ``cold`` = each post from a member the daemon has not looked up yet
@@ -72,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT / "tests" / "e2e", ROOT / "bench", ROOT):
+for _p in (ROOT / "tests" / "e2e", ROOT / "tests", ROOT / "bench", ROOT):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -423,6 +426,51 @@ def sqlite_db(members: int) -> tuple[Path, float | None]:
     return path, round(time.perf_counter() - t0, 2)
 
 
+_PG: list[Any] = []  # the run's PostgreSQL cluster, started on first use
+_PG_DBS: dict[int, str] = {}
+
+
+def pg_store(members: int) -> tuple[str, float | None]:
+    """The conninfo of a PostgreSQL store with LIST and *members* members, built once per
+    run with listgate's own store; (conninfo, build seconds or None if already built)."""
+    if members in _PG_DBS:
+        return _PG_DBS[members], None
+    if not _PG:
+        from pgcluster import PgCluster
+
+        _PG.append(PgCluster())
+    cluster = _PG[0]
+    t0 = time.perf_counter()
+    conninfo = cluster.conninfo(cluster.create_database())
+    from listgate.backends.postgresql import PostgresStore
+
+    with PostgresStore(conninfo, "bench") as store:
+        store.init()
+        store.create_list(LIST)
+        for start in range(0, members, 100000):  # batches: bounded client memory
+            store.add_members(LIST, (f"m{i}@members.test"
+                                     for i in range(start, min(members, start + 100000))))
+        store._connection().raw.execute("VACUUM ANALYZE")
+    _PG_DBS[members] = conninfo
+    return conninfo, round(time.perf_counter() - t0, 2)
+
+
+def pg_config(conninfo: str) -> str:
+    return f"[lists]\nbackend = postgresql\n[postgresql]\nconninfo = {conninfo}\n"
+
+
+def stop_pg() -> None:
+    """Stop the run's PostgreSQL cluster (if one was started)."""
+    while _PG:
+        _PG.pop().close()
+    _PG_DBS.clear()
+
+
+def listgate_postgresql(dns: infra.DnsServer, members: int) -> tuple[Listgate, float | None]:
+    conninfo, built = pg_store(members)
+    return Listgate(dns, pg_config(conninfo)), built
+
+
 def listgate_sqlite(dns: infra.DnsServer, members: int) -> tuple[Listgate, float | None]:
     db, built = sqlite_db(members)
     return Listgate(dns, f"[sqlite]\npath = {db}\n"), built
@@ -709,7 +757,7 @@ def scale_point(milter: Listgate, members: int, args: argparse.Namespace) -> dic
 
 
 def part_scale(args: argparse.Namespace, dns: infra.DnsServer) -> dict:
-    out: dict[str, Any] = {"sqlite": {}, "mailman3": {},
+    out: dict[str, Any] = {"sqlite": {}, "postgresql": {}, "mailman3": {},
                            "method": "one connection at a time; latency = eom stage (headers"
                                      " + end of message -> verdict); cold = members not yet"
                                      " looked up by this daemon, warm = 100 members already"
@@ -725,6 +773,18 @@ def part_scale(args: argparse.Namespace, dns: infra.DnsServer) -> dict:
         log(f"scale sqlite {members:>8}: start {p['startup_s']:.3f}s  cold {p['cold_p50_ms']}/"
             f"{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/{p['warm_p99_ms']} ms  "
             f"RSS {p['rss_mb']} MB (peak {p['hwm_mb']})"
+            + (f"  (DB built in {built}s)" if built else ""))
+    for members in args.postgresql_sizes:
+        milter, built = listgate_postgresql(dns, members)
+        try:
+            p = scale_point(milter, members, args)
+        finally:
+            milter.close()
+        p["db_build_s"] = built
+        out["postgresql"][str(members)] = p
+        log(f"scale postgresql {members:>8}: start {p['startup_s']:.3f}s  cold "
+            f"{p['cold_p50_ms']}/{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/"
+            f"{p['warm_p99_ms']} ms  RSS {p['rss_mb']} MB (peak {p['hwm_mb']})"
             + (f"  (DB built in {built}s)" if built else ""))
     if args.mailman3:
         stack: list = []
@@ -788,6 +848,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                         "smtp-source/Postfix: one per SMTP session)")
     g.add_argument("--mix", default="60,20,20", help="member,nonmember,nolist weights")
     g.add_argument("--sizes", default="100,10000,1000000", help="part 3: SQLite list sizes")
+    g.add_argument("--postgresql-sizes", default="100,10000,1000000",
+                   help="part 3: PostgreSQL list sizes ('' = skip)")
     g.add_argument("--mailman3", type=int, default=10000,
                    help="part 3: Mailman 3 list size (0 = skip)")
     g.add_argument("--cold", type=int, default=1000, help="part 3: cold lookups per size")
@@ -806,10 +868,12 @@ def _finish_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.quick:
         args.concurrency, args.protocol_messages = "1,10", 300
         args.sizes, args.cold, args.warm = "100,10000", 200, 300
+        args.postgresql_sizes = "100,10000"
         args.growth_messages, args.growth_samples = 2000, 4
         args.approval_seconds = 5.0
     args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x]
     args.sizes = [int(x) for x in str(args.sizes).split(",") if x]
+    args.postgresql_sizes = [int(x) for x in str(args.postgresql_sizes).split(",") if x]
     args.mix_weights = tuple(float(x) for x in args.mix.split(","))
     args.warmup = 300
     args.parts = set(args.parts.split(","))
@@ -857,6 +921,7 @@ def run_all(args: argparse.Namespace, dns: infra.DnsServer | None = None) -> dic
     finally:
         if own_dns:
             dns.stop()
+        stop_pg()
         shutil.rmtree(workdir, ignore_errors=True)
     timing["total_s"] = round(time.monotonic() - started, 1)
     out["scale"]["seconds"] = timing
@@ -888,15 +953,16 @@ def report(out: dict) -> None:
                       f"{r['daemon_cpu_ms_per_verdict']:>8.2f}{r['client_cpu_ms_per_verdict']:>7.2f}")
     s = out.get("scale") or {}
     rows = [("sqlite", k, v) for k, v in s.get("sqlite", {}).items()]
+    rows += [("postgresql", k, v) for k, v in s.get("postgresql", {}).items()]
     rows += [("mailman3", k, v) for k, v in s.get("mailman3", {}).items()]
     if rows:
         print("\nPart 3, data scale (one connection at a time; verdict = eom stage)")
-        hdr = (f"{'backend':<10}{'members':>9}{'start s':>9}{'cold p50/p99 ms':>18}"
+        hdr = (f"{'backend':<11}{'members':>9}{'start s':>9}{'cold p50/p99 ms':>18}"
                f"{'warm p50/p99 ms':>18}{'RSS MB':>8}{'peak':>7}")
         print(hdr)
         print("-" * len(hdr))
         for b, k, v in rows:
-            print(f"{b:<10}{k:>9}{v['startup_s']:>9.3f}"
+            print(f"{b:<11}{k:>9}{v['startup_s']:>9.3f}"
                   f"{v['cold_p50_ms']:>9.2f}/{v['cold_p99_ms']:<8.2f}"
                   f"{v['warm_p50_ms']:>9.2f}/{v['warm_p99_ms']:<8.2f}"
                   f"{v['rss_mb']:>8.1f}{v['hwm_mb']:>7.1f}")

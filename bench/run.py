@@ -22,6 +22,8 @@ configuration:
   internal-host list (127.0.0.254, as listgate's), see :class:`PyspfMilter`.
 * ``listgate-sqlite/unix|inet``: the real daemon (``python -m listgate serve``),
   SQLite store with a 1e4-member list, default config (every check on), warm cache.
+* ``listgate-postgresql/unix``: the same daemon on the store on PostgreSQL (a private
+  cluster on its unix socket, see :mod:`protocol`), the same 1e4-member list.
 * ``listgate-mailman3/unix|inet``: the same daemon on a real Mailman 3 (REST API) with
   the same 1e4-member list, warm cache.
 
@@ -92,7 +94,8 @@ MSG_SIZE = 2048
 KINDS = ("member", "nonmember", "nolist")
 CONFIGS = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",
            "minimal-pymilter/inet-protocol3", "pyspf-milter/unix", "pyspf-milter/inet",
-           "listgate-sqlite/unix", "listgate-sqlite/inet", "listgate-mailman3/unix",
+           "listgate-sqlite/unix", "listgate-sqlite/inet", "listgate-postgresql/unix",
+           "listgate-mailman3/unix",
            "listgate-mailman3/inet"]
 PEERS = Path(os.environ.get("LISTGATE_BENCH_PEERS", "/var/tmp/listgate-bench/peers"))
 LISTGATE_REJECT = f"550 5.7.2 You are not permitted to post to {LIST}."
@@ -416,6 +419,8 @@ def part_mta(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> d
                 milter = PyspfMilter(transport, workdir)
             elif kind == "listgate-sqlite":
                 milter = Listgate(transport, dns, f"[sqlite]\npath = {sqlite_db}\n")
+            elif kind == "listgate-postgresql":
+                milter = Listgate(transport, dns, protocol.pg_config(protocol.pg_store(10000)[0]))
             elif kind == "listgate-mailman3":
                 if mm3_backend is None:
                     mm3_backend, mm3_info = protocol.mailman3_backend(10000, stack)
@@ -461,6 +466,7 @@ def part_mta(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> d
         for mm in stack:
             mm.stop()
         sink.stop()
+        protocol.stop_pg()
     runs: dict[str, dict[str, dict]] = {}
     details: dict[str, dict[str, dict]] = {}
     for name, per in results.items():
@@ -515,6 +521,10 @@ def print_mta_table(mta: dict, reps: int) -> None:
             if ps:
                 parts.append(f"{lg[s]['msgs_per_s'] / ps[s]['msgs_per_s']:.2f}x pyspf-milter")
             targets.append(f"listgate-sqlite/{t} s={s}: " + ", ".join(parts))
+        pg = runs.get(f"listgate-postgresql/{t}")
+        if pg:
+            targets.append(f"listgate-postgresql/{t}: " + ", ".join(
+                f"s={s} {pg[s]['msgs_per_s'] / lg[s]['msgs_per_s']:.2f}x sqlite" for s in sess))
         mm = runs.get(f"listgate-mailman3/{t}")
         if mm:
             targets.append(f"listgate-mailman3/{t}: " + ", ".join(
