@@ -22,7 +22,11 @@ are overridden.
   :class:`~listgate.model.BackendError` (the admin's ``on_backend_error``, 451 by
   default); a connection the server dropped is replaced by the pool, and a question
   that met one is asked once more on a fresh connection, so a restart costs no
-  tempfail once the server is back.
+  tempfail once the server is back.  Every call into libpq runs on a thread of this
+  backend's own (a small executor), never on the caller's: libmilter's callbacks run
+  on C threads whose Python thread states pymilter recycles, and libpq calls back
+  into Python (psycopg's notice receiver, e.g. for the server's "terminating
+  connection" as it restarts), which on such a thread crashed the worker (SIGSEGV).
 
 The schema version lives in a one-row table ``listgate_schema`` (SQLite keeps it in
 ``PRAGMA user_version``).  Text columns use the "C" collation, so that sorted output
@@ -32,6 +36,7 @@ psycopg is imported lazily: only a site that configures this backend needs it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -307,6 +312,8 @@ class PostgresBackend(sqlite.SqliteBackend):
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._pool: Any = None
+        #: the threads every libpq call runs on (see module docstring)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         #: the schema version each pooled connection found when it was opened
         self._versions: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         #: the last reason the pool could not connect, for the BackendError
@@ -347,12 +354,17 @@ class PostgresBackend(sqlite.SqliteBackend):
                     # new one at once rather than after an ever longer back-off
                     reconnect_timeout=max(2 * self.connect_timeout, 10.0))
                 self._pool.open(wait=False)
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.pool_size, thread_name_prefix="postgresql")
             return self._pool
 
     def close(self) -> None:
         """Close the pool (a later question opens a new one)."""
         with self._lock:
             pool, self._pool = self._pool, None
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
         if pool is not None:
             pool.close()
 
@@ -398,6 +410,24 @@ class PostgresBackend(sqlite.SqliteBackend):
             cm.__exit__(None, None, None)  # back to the pool, which drops a dead one
 
     def _retry(self, ask: Callable[[], _T]) -> _T:
+        """Ask on one of the backend's own threads (see module docstring)."""
+        self._get_pool()
+        executor = self._executor
+        if executor is None:  # closed meanwhile
+            raise self._error("the backend was closed")
+        try:
+            future = executor.submit(self._asked, ask)
+        except RuntimeError as e:  # shut down meanwhile (a reload closing it)
+            raise self._error(_cause(e)) from None
+        # each libpq wait is bounded (connect_timeout, statement_timeout); this bounds
+        # the retries together, so no caller waits for the MTA's own timeout
+        limit = (self.pool_size + 1) * (self.connect_timeout + 1) + 5
+        try:
+            return future.result(timeout=limit)
+        except concurrent.futures.TimeoutError:
+            raise self._error(f"no answer within {limit:g} s") from None
+
+    def _asked(self, ask: Callable[[], _T]) -> _T:
         """Ask; again while the connection turns out dead (after a restart every idle
         one is: the pool drops each, and the next question uses another or a new one)."""
         for _ in range(self.pool_size):
