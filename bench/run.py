@@ -95,8 +95,7 @@ KINDS = ("member", "nonmember", "nolist")
 CONFIGS = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",
            "minimal-pymilter/inet-protocol3", "pyspf-milter/unix", "pyspf-milter/inet",
            "listgate-sqlite/unix", "listgate-sqlite/inet", "listgate-postgresql/unix",
-           "listgate-mailman3/unix",
-           "listgate-mailman3/inet"]
+           "listgate-mailman3/unix", "listgate-mailman3/inet"]
 PEERS = Path(os.environ.get("LISTGATE_BENCH_PEERS", "/var/tmp/listgate-bench/peers"))
 LISTGATE_REJECT = f"550 5.7.2 You are not permitted to post to {LIST}."
 
