@@ -397,7 +397,8 @@ class HashWorkers:
                 import multiprocessing
 
                 self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_exit_with_parent, initargs=(os.getpid(),))
             return self._pool
 
     def verify(self, secret: bytes, stored: str) -> tuple[bool | None, float]:
@@ -415,6 +416,20 @@ class HashWorkers:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a hashing process: exit once the daemon's worker that started it is gone
+    (killed with -9, say, and replaced by the main process), instead of lingering."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class PasswordChecker:

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 __all__ = [
     "E2E_ROOT",
@@ -636,6 +636,35 @@ class FaultyDns:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LoopThreads:
+    """Threads running ``self._run(i)`` until :meth:`stop` (load for the daemon tests);
+    a context manager.  Subclasses check ``self._stop`` in their loop."""
+
+    join_timeout = 30.0
+
+    def __init__(self, threads: int) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.join_timeout)
 
 
 class SlowTcpProxy:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -61,7 +60,7 @@ def make_daemon(config: str = "", **kwargs) -> ListgateDaemon:
     return d
 
 
-class Load:
+class Load(infra.LoopThreads):
     """Threads posting as a member and as a stranger in a loop, checking every reply.
 
     ``refusal`` is a regex for what the stranger must get (it may change with a
@@ -70,28 +69,12 @@ class Load:
     """
 
     def __init__(self, d: ListgateDaemon, threads: int = 4, refusal: str = r"550 5\.7\.2 ") -> None:
+        super().__init__(threads)
         self.d = d
         self.refusal = refusal
         self.done = 0
         self.wrong: list[str] = []
         self.refused_connections = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
     def _run(self, i: int) -> None:
         n = 0

@@ -14,7 +14,6 @@ import email
 import os
 import signal
 import smtplib
-import threading
 import time
 from pathlib import Path
 
@@ -39,36 +38,22 @@ def children(d: ListgateDaemon) -> list[int]:
             Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read_text().split()]
 
 
-class PostLoad:
+class PostLoad(infra.LoopThreads):
     """Threads posting member messages through Postfix; a 4xx is retried (same message).
 
     ``tempfails``: 4xx answers seen; ``refused``: connections or commands that failed
     outright; ``wrong``: any 5xx (a lost post); ``accepted``: Message-IDs Postfix took.
     """
 
+    join_timeout = 60.0
+
     def __init__(self, mta: infra.PostfixInstance, threads: int = 6) -> None:
+        super().__init__(threads)
         self.mta = mta
         self.accepted: list[str] = []
         self.tempfails: list[str] = []
         self.refused: list[str] = []
         self.wrong: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(threads)]
-
-    def __enter__(self) -> PostLoad:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
 
     def _run(self, i: int) -> None:
         n = 0

@@ -489,3 +489,40 @@ def test_hashes_run_in_a_worker_process_and_a_dead_worker_is_replaced():
         assert checker.counters()["cpu_seconds"] > 0
     finally:
         checker.close()
+
+
+def test_hashing_processes_exit_when_the_worker_that_started_them_is_killed(tmp_path):
+    """kill -9 of a daemon worker (the main process then starts a new one) must not
+    leave its sha512_crypt processes behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "State:\tZ" not in f.read()
+        except FileNotFoundError:
+            return False
+
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import os, time\n"
+        "from listgate.passwords import HashWorkers\n"
+        "if __name__ == '__main__':\n"
+        "    w = HashWorkers(1)\n"
+        "    w.verify(b'x', '$6$rounds=1000$abc$' + 'x' * 86)\n"
+        "    print(w._pool.submit(os.getpid).result(), flush=True)\n"
+        "    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    hasher = int(p.stdout.readline())
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    end = time.monotonic() + 10
+    while alive(hasher):
+        if time.monotonic() > end:
+            os.kill(hasher, signal.SIGKILL)
+            raise AssertionError("the hashing process outlived its worker")
+        time.sleep(0.1)
