@@ -762,30 +762,20 @@ def part_scale(args: argparse.Namespace, dns: infra.DnsServer) -> dict:
                                      " + end of message -> verdict); cold = members not yet"
                                      " looked up by this daemon, warm = 100 members already"
                                      " looked up; rss after the run, hwm = peak"}
-    for members in args.sizes:
-        milter, built = listgate_sqlite(dns, members)
-        try:
-            p = scale_point(milter, members, args)
-        finally:
-            milter.close()
-        p["db_build_s"] = built
-        out["sqlite"][str(members)] = p
-        log(f"scale sqlite {members:>8}: start {p['startup_s']:.3f}s  cold {p['cold_p50_ms']}/"
-            f"{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/{p['warm_p99_ms']} ms  "
-            f"RSS {p['rss_mb']} MB (peak {p['hwm_mb']})"
-            + (f"  (DB built in {built}s)" if built else ""))
-    for members in args.postgresql_sizes:
-        milter, built = listgate_postgresql(dns, members)
-        try:
-            p = scale_point(milter, members, args)
-        finally:
-            milter.close()
-        p["db_build_s"] = built
-        out["postgresql"][str(members)] = p
-        log(f"scale postgresql {members:>8}: start {p['startup_s']:.3f}s  cold "
-            f"{p['cold_p50_ms']}/{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/"
-            f"{p['warm_p99_ms']} ms  RSS {p['rss_mb']} MB (peak {p['hwm_mb']})"
-            + (f"  (DB built in {built}s)" if built else ""))
+    for engine, sizes, start in (("sqlite", args.sizes, listgate_sqlite),
+                                 ("postgresql", args.postgresql_sizes, listgate_postgresql)):
+        for members in sizes:
+            milter, built = start(dns, members)
+            try:
+                p = scale_point(milter, members, args)
+            finally:
+                milter.close()
+            p["db_build_s"] = built
+            out[engine][str(members)] = p
+            log(f"scale {engine} {members:>8}: start {p['startup_s']:.3f}s  cold "
+                f"{p['cold_p50_ms']}/{p['cold_p99_ms']} ms  warm {p['warm_p50_ms']}/"
+                f"{p['warm_p99_ms']} ms  RSS {p['rss_mb']} MB (peak {p['hwm_mb']})"
+                + (f"  (DB built in {built}s)" if built else ""))
     if args.mailman3:
         stack: list = []
         try:
