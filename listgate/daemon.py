@@ -348,9 +348,9 @@ def serve(cfg: Config) -> int:
 def clear_stale_socket(spec: str) -> str | None:
     """Remove a unix socket file a crashed daemon left behind; the problem, or None.
 
-    pymilter's ``runmilter`` has libmilter unlink whatever is at the path, so a second
-    daemon started by mistake would silently take the socket from a running one (the
-    MTA then talks to whichever listens, the first keeps running unreachable).  So:
+    A daemon's first worker renames its socket over whatever is at the path, so a
+    second daemon started by mistake would silently take the socket from a running one
+    (the MTA then talks to the second, the first keeps running unreachable).  So:
     a socket nothing listens on (connection refused) is stale and removed, and the log
     says so; one that answers belongs to a running listgate (start-up fails, naming
     it); anything else at the path is not ours to delete.
@@ -359,24 +359,18 @@ def clear_stale_socket(spec: str) -> str | None:
         return None
     path = spec.split(":", 1)[1]
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
+        state = _socket_state(path, timeout=2)
     except OSError as e:
-        return f"[milter] socket: {path}: {e.strerror}"
-    if not stat.S_ISSOCK(st.st_mode):
+        if e.filename:  # lstat's: the path itself cannot be looked at
+            return f"[milter] socket: {path}: {e.strerror}"
+        return f"[milter] socket: {path}: cannot tell whether it is in use: {e.strerror}"
+    if state == "missing":
+        return None
+    if state == "other":
         return f"[milter] socket: {path} exists and is not a socket: not removing it"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(2)
-        try:
-            s.connect(path)
-        except ConnectionRefusedError:
-            pass  # nothing listens: stale
-        except OSError as e:
-            return f"[milter] socket: {path}: cannot tell whether it is in use: {e.strerror}"
-        else:
-            return (f"[milter] socket: {path}: another process listens on it (a listgate "
-                    f"already running?); stop it first")
+    if state == "listening":
+        return (f"[milter] socket: {path}: another process listens on it (a listgate "
+                f"already running?); stop it first")
     try:
         os.unlink(path)
     except OSError as e:
@@ -580,8 +574,7 @@ class Supervisor:
                 child, self.current = self.current, None
                 self._forget(child)
                 if self.stopping or code == 0:
-                    self.status = max(code, 0) if not self.stopping else (
-                        code if code >= 0 else 1)
+                    self.status = code if code >= 0 else 1
                     if not self.stopping:  # it stopped on its own (a signal sent to it)
                         self.stopping = b"T"
                         for c in self.draining.values():
@@ -711,22 +704,31 @@ def remove_stale_sockets(public: str, public_too: bool = False) -> None:
                     os.unlink(path)
 
 
+def _socket_state(path: str, timeout: float) -> str:
+    """What is at ``path``: "missing", "other" (not a socket), "stale" (a socket file
+    nobody listens on) or "listening".  Other errors (no permission) raise OSError."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return "other"
+    except FileNotFoundError:
+        return "missing"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except ConnectionRefusedError:
+            return "stale"
+        except FileNotFoundError:
+            return "missing"
+    return "listening"
+
+
 def _stale_socket(path: str) -> bool:
     """A socket file nobody listens on."""
     try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return False
+        return _socket_state(path, timeout=0.5) == "stale"
     except OSError:
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return True
-        except OSError:
-            return False
-    return False
 
 
 def worker_main(argv: list[str], note: str = "") -> int:
