@@ -17,6 +17,9 @@ configuration:
 * ``no-milter``: Postfix alone (the floor).
 * ``minimal-pymilter/unix|inet``: ``bench/minimal_milter.py``, a stock pymilter milter
   (connect, rcpt, end of message adding one header): the protocol and pymilter alone.
+* ``callbacks-pymilter/unix``: ``bench/callbacks_milter.py``, listgate's callback
+  set (connect, HELO, MAIL, RCPT, every header, end of message inserting the same two
+  headers) doing nothing: the floor for any milter that must see what listgate sees.
 * ``pyspf-milter/unix|inet``: PyPI spf-engine 3.1.0's pyspf-milter (the SPF milter
   an admin would otherwise run), stock config but for the DNS server and the
   internal-host list (127.0.0.254, as listgate's), see :class:`PyspfMilter`.
@@ -93,7 +96,8 @@ SPF = "v=spf1 ip4:127.0.0.0/8 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all"
 MSG_SIZE = 2048
 KINDS = ("member", "nonmember", "nolist")
 CONFIGS = ["no-milter", "minimal-pymilter/unix", "minimal-pymilter/inet",
-           "minimal-pymilter/inet-protocol3", "pyspf-milter/unix", "pyspf-milter/inet",
+           "minimal-pymilter/inet-protocol3", "callbacks-pymilter/unix", "pyspf-milter/unix",
+           "pyspf-milter/inet",
            "listgate-sqlite/unix", "listgate-sqlite/inet", "listgate-postgresql/unix",
            "listgate-mailman3/unix", "listgate-mailman3/inet"]
 PEERS = Path(os.environ.get("LISTGATE_BENCH_PEERS", "/var/tmp/listgate-bench/peers"))
@@ -227,6 +231,20 @@ class MinimalMilter(Milter):
 
     def argv(self, workdir: Path) -> list[str]:
         return [sys.executable, str(ROOT / "bench" / "minimal_milter.py"), self.spec]
+
+
+class CallbacksMilter(Milter):
+    """bench/callbacks_milter.py: listgate's callback set and its two headers, no work.
+
+    Over a unix socket only: it is the floor listgate stands on through Postfix (what
+    Postfix and the milter protocol charge for HELO, MAIL FROM and every header, which
+    a list gate must see), not a milter anyone would run."""
+
+    name = "callbacks"
+    mark = "Received-SPF: Pass"
+
+    def argv(self, workdir: Path) -> list[str]:
+        return [sys.executable, str(ROOT / "bench" / "callbacks_milter.py"), self.spec]
 
 
 class PyspfMilter(Milter):
@@ -413,6 +431,8 @@ def part_mta(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> d
             milter = None
             if kind == "minimal-pymilter":
                 milter = MinimalMilter(transport, workdir)
+            elif kind == "callbacks-pymilter":
+                milter = CallbacksMilter(transport, workdir)
             elif kind == "pyspf-milter":
                 PyspfMilter.dns = dns
                 milter = PyspfMilter(transport, workdir)
@@ -528,6 +548,15 @@ def print_mta_table(mta: dict, reps: int) -> None:
         if mm:
             targets.append(f"listgate-mailman3/{t}: " + ", ".join(
                 f"s={s} {mm[s]['msgs_per_s'] / lg[s]['msgs_per_s']:.2f}x sqlite" for s in sess))
+    cb, mi = runs.get("callbacks-pymilter/unix"), runs.get("minimal-pymilter/unix")
+    lg = runs.get("listgate-sqlite/unix")
+    if cb and mi:
+        # what Postfix and the protocol charge for the events a list gate must see
+        targets.append("callbacks-pymilter/unix (the floor): " + ", ".join(
+            f"s={s} {cb[s]['msgs_per_s'] / mi[s]['msgs_per_s']:.2f}x minimal" for s in sess))
+    if cb and lg:
+        targets.append("listgate-sqlite/unix: " + ", ".join(
+            f"s={s} {lg[s]['msgs_per_s'] / cb[s]['msgs_per_s']:.2f}x callbacks" for s in sess))
     # issue 12's targets: inet at unix speed, listgate within 5% of a bare milter
     for name in ("listgate-sqlite", "minimal-pymilter"):
         u, i = runs.get(f"{name}/unix"), runs.get(f"{name}/inet")
