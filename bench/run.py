@@ -39,7 +39,10 @@ message is 2 KB.  Per point (configuration x concurrent sessions): messages/s =
 messages / wall time of the load, and p99 = the 99th percentile of the time from
 connecting to the reply to the end of DATA, over every message of the point.  Each
 point is repeated ``--reps`` times, the configurations alternating, and the median
-taken.  Checked at every point (the run fails loudly otherwise): every reply is the
+taken; the ratios between configurations (:data:`RATIOS`, ``ratios`` in the results)
+are medians of the ratios within each repetition (:func:`paired_ratios`).  200
+messages at one session, 2000 at 10 and 3000 at 50 (``--counts``): shorter points
+moved the ratios at 10 and 50 sessions by 0.1 from run to run.  Checked at every point (the run fails loudly otherwise): every reply is the
 expected one, the sink receives exactly the delivered messages with the milter's
 header on them, and listgate's log has one verdict line per message (member ACCEPT,
 nonmember REJECT, non-list ACCEPT), each for an EXTERNAL client with SPF pass, and
@@ -53,7 +56,9 @@ and 1e6 members (and 1e4 on Mailman 3), and a 100k-message growth run.
 Output: a table on the terminal and ``bench/results.json``::
 
     {"runs": {"no-milter" | "<config>/<unix|inet>": {"<sessions>":
-        {"msgs_per_s": N, "p99_ms": N}}}, "scale": {...}, "protocol": {...},
+        {"msgs_per_s": N, "p99_ms": N}}},
+     "ratios": {"<config> / <baseline>": {"<sessions>": N}},
+     "scale": {...}, "protocol": {...},
      "machine": "..."}
 
 and the details (every repetition, CPU per message, settings) in
@@ -507,6 +512,41 @@ COMMON_HEADERS = [("Subject", "benchmark post"), ("Date", "Mon, 1 Jan 2024 00:00
                   ("Content-Type", "text/plain; charset=us-ascii")]
 
 
+#: the ratios the README and issue 12 quote, as (config, baseline)
+RATIOS = [("listgate-sqlite/unix", "no-milter"), ("listgate-sqlite/unix", "minimal-pymilter/unix"),
+          ("listgate-sqlite/inet", "minimal-pymilter/inet"),
+          ("listgate-sqlite/unix", "pyspf-milter/unix"),
+          # the floor: what Postfix and the protocol charge for the events a gate must see
+          ("callbacks-pymilter/unix", "minimal-pymilter/unix"),
+          ("listgate-sqlite/unix", "callbacks-pymilter/unix"),
+          ("listgate-sqlite/inet", "listgate-sqlite/unix"),
+          ("minimal-pymilter/inet", "minimal-pymilter/unix"),
+          ("listgate-postgresql/unix", "listgate-sqlite/unix"),
+          ("listgate-mailman3/unix", "listgate-sqlite/unix"),
+          ("listgate-mailman3/inet", "listgate-mailman3/unix")]
+
+
+def paired_ratios(details: dict, sessions: list[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """Each of :data:`RATIOS` present in this run: per session count, the median over
+    the repetitions of (config / baseline) within the same repetition.
+
+    The configurations of one repetition run one after the other, seconds apart; the
+    repetitions are minutes apart, and a shared machine's speed drifts between them
+    by more than the differences measured (seen: a whole repetition 20% faster than
+    the next for every configuration).  A ratio of medians mixes repetitions; the
+    median of paired ratios does not."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for a, b in RATIOS:
+        if a not in details or b not in details:
+            continue
+        out[(a, b)] = {
+            s: round(statistics.median(
+                x["msgs_per_s"] / y["msgs_per_s"]
+                for x, y in zip(details[a][s]["reps"], details[b][s]["reps"], strict=True)), 2)
+            for s in sessions}
+    return out
+
+
 def print_mta_table(mta: dict, reps: int) -> None:
     runs, details = mta["runs"], mta["details"]
     sess = [str(s) for s in mta["counts"]]
@@ -527,42 +567,8 @@ def print_mta_table(mta: dict, reps: int) -> None:
         cpu = details[name][sess[-1]]["milter_cpu_ms_per_msg_median"]
         print(f"{name:<32}" + "".join(f"{c:>28}" for c in cells)
               + (f"{cpu:>12.2f}" if cpu else f"{'':>12}"))
-    targets = []
-    for t in ("unix", "inet"):
-        lg, mi, ps = (runs.get(f"listgate-sqlite/{t}"), runs.get(f"minimal-pymilter/{t}"),
-                      runs.get(f"pyspf-milter/{t}"))
-        if not lg:
-            continue
-        for s in sess:
-            parts = [f"{lg[s]['msgs_per_s'] / base[s]['msgs_per_s']:.2f}x no-milter"]
-            if mi:
-                parts.append(f"{lg[s]['msgs_per_s'] / mi[s]['msgs_per_s']:.2f}x minimal")
-            if ps:
-                parts.append(f"{lg[s]['msgs_per_s'] / ps[s]['msgs_per_s']:.2f}x pyspf-milter")
-            targets.append(f"listgate-sqlite/{t} s={s}: " + ", ".join(parts))
-        pg = runs.get(f"listgate-postgresql/{t}")
-        if pg:
-            targets.append(f"listgate-postgresql/{t}: " + ", ".join(
-                f"s={s} {pg[s]['msgs_per_s'] / lg[s]['msgs_per_s']:.2f}x sqlite" for s in sess))
-        mm = runs.get(f"listgate-mailman3/{t}")
-        if mm:
-            targets.append(f"listgate-mailman3/{t}: " + ", ".join(
-                f"s={s} {mm[s]['msgs_per_s'] / lg[s]['msgs_per_s']:.2f}x sqlite" for s in sess))
-    cb, mi = runs.get("callbacks-pymilter/unix"), runs.get("minimal-pymilter/unix")
-    lg = runs.get("listgate-sqlite/unix")
-    if cb and mi:
-        # what Postfix and the protocol charge for the events a list gate must see
-        targets.append("callbacks-pymilter/unix (the floor): " + ", ".join(
-            f"s={s} {cb[s]['msgs_per_s'] / mi[s]['msgs_per_s']:.2f}x minimal" for s in sess))
-    if cb and lg:
-        targets.append("listgate-sqlite/unix: " + ", ".join(
-            f"s={s} {lg[s]['msgs_per_s'] / cb[s]['msgs_per_s']:.2f}x callbacks" for s in sess))
-    # issue 12's targets: inet at unix speed, listgate within 5% of a bare milter
-    for name in ("listgate-sqlite", "minimal-pymilter"):
-        u, i = runs.get(f"{name}/unix"), runs.get(f"{name}/inet")
-        if u and i:
-            targets.append(f"{name} inet/unix: " + ", ".join(
-                f"s={s} {i[s]['msgs_per_s'] / u[s]['msgs_per_s']:.2f}x" for s in sess))
+    targets = [f"{a} / {b}: " + ", ".join(f"s={n} {r:.2f}x" for n, r in per.items())
+               for (a, b), per in paired_ratios(details, sess).items()]
     for line in targets:
         print("  " + line)
     print(f"listgate logged TCP_NODELAY: {mta['nodelay']}")
@@ -571,7 +577,7 @@ def print_mta_table(mta: dict, reps: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions per point (median)")
-    ap.add_argument("--counts", default="1:200,10:800,50:800",
+    ap.add_argument("--counts", default="1:200,10:2000,50:3000",
                     help="part 1: SESSIONS:MESSAGES,... per point (default %(default)s)")
     ap.add_argument("--sessions", default="", help="part 1: only these session counts")
     ap.add_argument("--configs", default="",
@@ -606,7 +612,9 @@ def main() -> int:
         dns.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    out = {"runs": mta.get("runs", {}), "scale": other.get("scale") or {},
+    ratios = {f"{a} / {b}": per for (a, b), per in paired_ratios(
+        mta["details"], [str(n) for n in mta["counts"]]).items()} if mta else {}
+    out = {"runs": mta.get("runs", {}), "ratios": ratios, "scale": other.get("scale") or {},
            "protocol": other.get("protocol"), "approval": other.get("approval"),
            "chain": other.get("chain"), "machine": machine()}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
