@@ -6,7 +6,7 @@ loopback only (Postfix, smtp-sink, dnsmasq from ``scripts/install-debian-deps.sh
 test``; Mailman 3 from ``scripts/install-mailman3.sh``; pyspf-milter from
 ``scripts/install-bench-peers.sh``)::
 
-    make bench                                   # everything, about 10 minutes
+    make bench                                   # everything, about 16 minutes
     .venv/bin/python bench/run.py --reps 1 --sessions 10 --parts mta   # a quick look
 
 **Part 1, through a real MTA** (``--parts mta``): :mod:`smtpload` (one thread,
@@ -42,11 +42,12 @@ point is repeated ``--reps`` times, the configurations alternating, and the medi
 taken; the ratios between configurations (:data:`RATIOS`, ``ratios`` in the results)
 are medians of the ratios within each repetition (:func:`paired_ratios`).  200
 messages at one session, 2000 at 10 and 3000 at 50 (``--counts``): shorter points
-moved the ratios at 10 and 50 sessions by 0.1 from run to run.  Checked at every point (the run fails loudly otherwise): every reply is the
-expected one, the sink receives exactly the delivered messages with the milter's
-header on them, and listgate's log has one verdict line per message (member ACCEPT,
-nonmember REJECT, non-list ACCEPT), each for an EXTERNAL client with SPF pass, and
-no ERROR or Traceback.
+moved the ratios at 10 and 50 sessions by 0.1 from run to run.  Checked at every
+point (the run fails loudly otherwise): every reply is the expected one, the sink
+receives exactly the delivered messages with the milter's header on them, and
+listgate's log has one verdict line per message (member ACCEPT, nonmember REJECT,
+non-list ACCEPT), each for an EXTERNAL client with SPF pass, and no ERROR or
+Traceback.
 
 **Parts 2-4** (``--parts protocol,scale,growth``): :mod:`protocol` -- a milter client
 driving the daemon's socket directly (per-stage latency, verdicts/s, daemon CPU per
