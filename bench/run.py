@@ -504,8 +504,10 @@ def part_mta(args: argparse.Namespace, dns: infra.DnsServer, workdir: Path) -> d
             details.setdefault(name, {})[str(sessions)] = {
                 "messages": counts[sessions], "reps": reps,
                 "milter_cpu_ms_per_msg_median": statistics.median(cpus) if cpus else None}
-    return {"runs": runs, "details": details, "counts": counts, "nodelay": nodelay,
-            "mailman3": mm3_info}
+    ratios = {f"{a} / {b}": per for (a, b), per in paired_ratios(
+        details, [str(n) for n in counts]).items()}
+    return {"runs": runs, "details": details, "ratios": ratios, "counts": counts,
+            "nodelay": nodelay, "mailman3": mm3_info}
 
 
 COMMON_HEADERS = [("Subject", "benchmark post"), ("Date", "Mon, 1 Jan 2024 00:00:00 +0000"),
@@ -568,10 +570,8 @@ def print_mta_table(mta: dict, reps: int) -> None:
         cpu = details[name][sess[-1]]["milter_cpu_ms_per_msg_median"]
         print(f"{name:<32}" + "".join(f"{c:>28}" for c in cells)
               + (f"{cpu:>12.2f}" if cpu else f"{'':>12}"))
-    targets = [f"{a} / {b}: " + ", ".join(f"s={n} {r:.2f}x" for n, r in per.items())
-               for (a, b), per in paired_ratios(details, sess).items()]
-    for line in targets:
-        print("  " + line)
+    for pair, per in mta["ratios"].items():
+        print(f"  {pair}: " + ", ".join(f"s={n} {r:.2f}x" for n, r in per.items()))
     print(f"listgate logged TCP_NODELAY: {mta['nodelay']}")
 
 
@@ -613,9 +613,8 @@ def main() -> int:
         dns.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    ratios = {f"{a} / {b}": per for (a, b), per in paired_ratios(
-        mta["details"], [str(n) for n in mta["counts"]]).items()} if mta else {}
-    out = {"runs": mta.get("runs", {}), "ratios": ratios, "scale": other.get("scale") or {},
+    out = {"runs": mta.get("runs", {}), "ratios": mta.get("ratios", {}),
+           "scale": other.get("scale") or {},
            "protocol": other.get("protocol"), "approval": other.get("approval"),
            "chain": other.get("chain"), "machine": machine()}
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
