@@ -66,9 +66,17 @@ class Busy:
     def __init__(self) -> None:
         self._since: dict[int, float] = {}
         self._tokens = itertools.count(1)
+        #: grows with every callback begun that the rescuer can see (negotiate, and the
+        #: callbacks that may wait): a rise right after a poke means the poke freed a
+        #: command that was left waiting for a worker
+        self.begun = 0
+
+    def began(self) -> None:
+        """A callback that does not wait began (negotiate: a new connection served)."""
+        self.begun = next(self._tokens)
 
     def enter(self) -> int:
-        token = next(self._tokens)
+        token = self.begun = next(self._tokens)
         self._since[token] = time.monotonic()
         return token
 
@@ -203,6 +211,7 @@ class ListgateMilter(Milter.Base):
         A failure here ends the connection as a shutdown does: with pymilter's
         exception policy CONTINUE an escaping exception would keep every option the MTA
         offered, including "send me nothing"."""
+        self.busy.began()
         try:
             return self._negotiate(opts)
         except Exception:

@@ -97,3 +97,85 @@ def test_rescuer_connects_only_while_a_callback_waits(tmp_path):
         r.stop()
         srv.close()
     assert r.pokes == accepted
+
+
+class StrandedCommands:
+    """A milter socket with ``n`` commands left waiting for a worker: each connection
+    accepted frees one, which begins its callback (``Busy.began``), as libmilter's
+    worker does after it ends a poke's empty session."""
+
+    def __init__(self, path, busy: Busy, n: int) -> None:
+        self.busy, self.left, self.accepted = busy, n, 0
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(128)
+        self.srv.settimeout(0.05)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                c, _ = self.srv.accept()
+            except TimeoutError:
+                continue
+            c.close()
+            self.accepted += 1
+            if self.left:
+                self.left -= 1
+                self.busy.began()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.srv.close()
+
+
+def test_rescue_pokes_again_while_its_pokes_free_commands(tmp_path):
+    """40 sessions behind one slow domain left 20 commands stranded: one poke per tick
+    freed one per 50 ms (the last banner after 1-2 s); a round of pokes continues,
+    doubling, while each batch is followed by callbacks beginning."""
+    busy = Busy()
+    srv = StrandedCommands(tmp_path / "m.sock", busy, 10)
+    r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
+    r.settle = 0.3  # generous: what is tested is the count, not the speed
+    try:
+        r._rescue(usual=0.0)
+        time.sleep(0.1)
+        assert srv.left == 0
+        # batches of 1, 2 and 4 free 7, the batch of 8 frees the last 3, and the batch
+        # of 16 frees nothing: the round ends
+        assert r.pokes == 31 == srv.accepted
+    finally:
+        srv.close()
+
+
+def test_rescue_stops_at_a_poke_that_frees_nothing(tmp_path):
+    """Nothing stranded (every worker waits on its own callback): one poke per tick, as
+    before; and callbacks beginning no faster than the tick before are ordinary traffic,
+    not the pokes' doing."""
+    busy = Busy()
+    srv = StrandedCommands(tmp_path / "m.sock", busy, 0)
+    r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
+    r.settle = 0.3
+    try:
+        r._rescue(usual=0.0)
+        assert r.pokes == 1
+        srv.left = 5  # a callback begins after each poke, but that is the usual rate
+        r._rescue(usual=1.0)
+        assert r.pokes == 2
+    finally:
+        srv.close()
+
+
+def test_rescue_pokes_at_most_most_per_tick(tmp_path):
+    busy = Busy()
+    srv = StrandedCommands(tmp_path / "m.sock", busy, 1000)
+    r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
+    r.settle = 0.3
+    try:
+        r._rescue(usual=0.0)
+        assert r.pokes == Rescuer.most
+    finally:
+        srv.close()
