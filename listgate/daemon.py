@@ -33,8 +33,10 @@ that pipe:
   engine's backend is closed when its last connection ends);
 * TERM refuses new connections at negotiation (the MTA applies its
   ``milter_default_action``, as for a stopped daemon), waits up to ``[milter]
-  shutdown_timeout`` for those in flight, then calls ``smfi_stop`` and wakes the
-  listener with a connection of its own: exit 0 well under a second when idle;
+  shutdown_timeout`` for those in flight, then ends the worker process itself, with
+  libmilter still running: letting ``smfi_main`` return while the MTA still
+  connects is not safe (two races, see ``Worker._end``); exit 0 well under a second
+  when idle;
 * INT does the same without waiting;
 * D (sent after a USR2 takeover) serves the connections it has without refusing
   any, for at most ``[milter] reload_timeout``, then stops the same way.
@@ -156,8 +158,6 @@ def _socket_fds() -> list[int]:
 #: [milter] keys read once at start-up: a reload that changes them says so
 RESTART_ONLY = ("socket", "umask", "timeout", "user", "group", "tcp_nodelay")
 
-#: libmilter's listener poll interval (MI_CHK_TIME), the longest smfi_stop can block
-MI_CHK_TIME = 5.0
 
 #: the worker's control commands, one byte each on the pipe from the main process
 _COMMANDS = {signal.SIGHUP: b"H", signal.SIGTERM: b"T", signal.SIGINT: b"I",
@@ -575,6 +575,8 @@ class Supervisor:
                 self._forget(child)
                 if self.stopping or code == 0:
                     self.status = code if code >= 0 else 1
+                    if code != 0:
+                        log.error("listgate worker %d %s while stopping", pid, what)
                     if not self.stopping:  # it stopped on its own (a signal sent to it)
                         self.stopping = b"T"
                         for c in self.draining.values():
@@ -793,6 +795,9 @@ class Worker:
         self._lock = threading.Lock()
         self.stopping = False
         self._hurry = threading.Event()
+        #: the stop line is logged and the backend closed once (see _finish)
+        self._finishing = threading.Lock()
+        self._finished = False
         #: the Prometheus metrics, when [metrics] listen is set
         self.metrics: Any = None
 
@@ -831,6 +836,8 @@ class Worker:
                  cfg.milter.mode, engine.backend.name, os.getpid())
         if sock != self.boot_cfg.milter.socket:
             log.debug("worker %d listens on %s until it is renamed", os.getpid(), sock)
+        # Returns only when libmilter stops on its own (a signal sent to this process, or
+        # a failure): a stop of ours ends the process from the stop thread (see _end).
         try:
             run_milter("listgate", sock, int(cfg.milter.timeout))
         except Milter.milter.error as e:
@@ -842,9 +849,49 @@ class Worker:
                         "itself: connections in flight are cut off.  Send signals to the main "
                         "process (pid %d): it drains on SIGTERM, reloads on SIGHUP",
                         os.getpid(), os.getppid())
-        log.info("listgate stopped (%s)", ListgateMilter.engine.stats())
-        ListgateMilter.engine.close()
+        self._finish()
         return 0
+
+    def _finish(self) -> None:
+        """The last words: the stop line with the counters, and the backend closed.
+        Once, whichever of the stop thread and the main thread gets here first."""
+        with self._finishing:
+            if self._finished:
+                return
+            self._finished = True
+            log.info("listgate stopped (%s)", ListgateMilter.engine.stats())
+            ListgateMilter.engine.close()
+
+    def _end(self) -> None:
+        """End this worker process, with libmilter still running, once no connection is
+        open (or the drain's timeout cut them off).
+
+        Not smfi_stop: with Debian's libmilter 8.17 and pymilter, letting ``smfi_main``
+        return is not safe while the MTA still connects (and during a drain it does,
+        to be refused at negotiation).  Measured with the window widened
+        (tests/e2e/test_daemon_ops.py, SLOW_STOP_CHECK), both ended in exit status 1:
+
+        * libmilter's listener reads its stop flag, then locks the listening socket;
+          smfi_stop can set the flag and close the socket in between, and the listener
+          takes the closed socket for a broken one: MI_FAILURE ("cannot run main");
+        * when ``smfi_main`` returns pymilter forgets the interpreter, while a libmilter
+          worker may be starting the negotiate callback of a connection accepted just
+          before: SIGSEGV in pymilter's ``_get_context`` (a core dump showed
+          ``PyThreadState_New(interp=0x0)``).
+
+        Ending the process loses nothing: what is open now was given up on by the
+        drain, and a connection accepted meanwhile would be refused at negotiation; the
+        MTA applies its milter_default_action to both, as for a stopped daemon.  The
+        kernel closes the listening socket; the main process removes its file."""
+        code = 0
+        try:
+            self._finish()
+        except BaseException:  # the worker must end with _exit
+            log.exception("stopping failed")
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
 
     def _report_ready(self) -> None:
         """Tell the main process once our socket answers (libmilter binds it inside
@@ -922,8 +969,7 @@ class Worker:
     def wake_specs(self) -> list[str]:
         """Where a connection reaches our own listener: the name it was created under
         (until the main process renames it), then the public name -- until a
-        takeover, after which no name reaches it (libmilter then notices a stop
-        within MI_CHK_TIME)."""
+        takeover, after which no name reaches it."""
         if self.handed_over or self.listen == self.boot_cfg.milter.socket:
             return [self.listen]
         return [self.listen, self.boot_cfg.milter.socket]
@@ -940,7 +986,7 @@ class Worker:
                 log.warning("[milter] reload_timeout: %d connection(s) of the replaced worker "
                             "still open after %gs are cut off", left, timeout)
         finally:
-            self._stop_libmilter()
+            self._end()
 
     def _stop(self, drain: bool, why: str) -> None:
         try:
@@ -956,21 +1002,7 @@ class Worker:
             elif n:
                 log.info("all connections finished")
         finally:  # whatever happened above, the daemon must stop
-            self._stop_libmilter()
-
-    def _stop_libmilter(self) -> None:
-        # libmilter's stop flag: the listener closes and -- in Debian's build, with its
-        # worker pool -- no connection is served any more, hence the drain above first.
-        stopper = threading.Thread(target=_smfi_stop, name="smfi_stop", daemon=True)
-        stopper.start()
-        # smfi_stop waits for the listener's poll (up to MI_CHK_TIME): a connection
-        # of our own wakes it.  Retried, since one made before the stop flag was set
-        # is just accepted (and refused at negotiation) as any other.
-        deadline = time.monotonic() + MI_CHK_TIME + 1
-        while stopper.is_alive() and time.monotonic() < deadline:
-            for spec in self.wake_specs():
-                wake_listener(spec)
-            stopper.join(0.05)
+            self._end()
 
     def _drain(self, timeout: float) -> int:
         """Wait until no connection is open, ``timeout`` passes or SIGINT; the number left."""
@@ -1041,13 +1073,6 @@ class Worker:
 
 def _show(key: str, value: object) -> str:
     return f"{value:03o}" if key == "umask" and isinstance(value, int) else str(value)
-
-
-def _smfi_stop() -> None:
-    try:
-        Milter.milter.stop()
-    except Exception as e:  # noqa: BLE001 - logged; the worker still drains and exits
-        log.error("smfi_stop failed: %s", e)
 
 
 def wake_listener(spec: str) -> bool:

@@ -74,13 +74,15 @@ class ListgateDaemon:
                                  f"{r.stderr.decode(errors='replace')}")
         return r
 
-    def start(self, timeout: float = 15.0) -> ListgateDaemon:
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> ListgateDaemon:
+        """Start the daemon; ``env``: variables added to its environment."""
         mark = self.log_size()
         # stderr to a file: a pipe nobody reads would block the daemon once full
         self.stderr_path = self.dir / "stderr.log"
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen([*LISTGATE, "serve", "-c", str(self.cfg_path)],
-                                         stdout=subprocess.DEVNULL, stderr=err)
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         env={**os.environ, **env} if env else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
