@@ -132,50 +132,51 @@ class StrandedCommands:
         self.srv.close()
 
 
-def test_rescue_pokes_again_while_its_pokes_free_commands(tmp_path):
-    """40 sessions behind one slow domain left 20 commands stranded: one poke per tick
-    freed one per 50 ms (the last banner after 1-2 s); a round of pokes continues,
-    doubling, while each batch is followed by callbacks beginning."""
-    busy = Busy()
-    srv = StrandedCommands(tmp_path / "m.sock", busy, 10)
-    r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
-    r.settle = 0.3  # generous: what is tested is the count, not the speed
-    try:
-        r._rescue(usual=0.0)
-        time.sleep(0.1)
-        assert srv.left == 0
-        # batches of 1, 2 and 4 free 7, the batch of 8 frees the last 3, and the batch
-        # of 16 frees nothing: the round ends
-        assert r.pokes == 31 == srv.accepted
-    finally:
+@pytest.fixture
+def rescue(tmp_path):
+    """``rescue(n)``: a StrandedCommands socket with ``n`` commands waiting, and a
+    Rescuer poking it; (server, rescuer)."""
+    made = []
+
+    def make(n: int) -> tuple[StrandedCommands, Rescuer]:
+        busy = Busy()
+        srv = StrandedCommands(tmp_path / "m.sock", busy, n)
+        made.append(srv)
+        r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
+        r.settle = 0.3  # generous: what is tested is the count, not the speed
+        return srv, r
+
+    yield make
+    for srv in made:
         srv.close()
 
 
-def test_rescue_stops_at_a_poke_that_frees_nothing(tmp_path):
+def test_rescue_pokes_again_while_its_pokes_free_commands(rescue):
+    """40 sessions behind one slow domain left commands stranded: one poke per tick
+    freed one per 50 ms (the last banner after 1-2 s); a round of pokes continues,
+    doubling, while each batch is followed by callbacks beginning."""
+    srv, r = rescue(10)
+    r._rescue(usual=0.0)
+    time.sleep(0.1)
+    assert srv.left == 0
+    # batches of 1, 2 and 4 free 7, the batch of 8 frees the last 3, and the batch
+    # of 16 frees nothing: the round ends
+    assert r.pokes == 31 == srv.accepted
+
+
+def test_rescue_stops_at_a_poke_that_frees_nothing(rescue):
     """Nothing stranded (every worker waits on its own callback): one poke per tick, as
     before; and callbacks beginning no faster than the tick before are ordinary traffic,
     not the pokes' doing."""
-    busy = Busy()
-    srv = StrandedCommands(tmp_path / "m.sock", busy, 0)
-    r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
-    r.settle = 0.3
-    try:
-        r._rescue(usual=0.0)
-        assert r.pokes == 1
-        srv.left = 5  # a callback begins after each poke, but that is the usual rate
-        r._rescue(usual=1.0)
-        assert r.pokes == 2
-    finally:
-        srv.close()
+    srv, r = rescue(0)
+    r._rescue(usual=0.0)
+    assert r.pokes == 1
+    srv.left = 5  # a callback begins after each poke, but that is the usual rate
+    r._rescue(usual=1.0)
+    assert r.pokes == 2
 
 
-def test_rescue_pokes_at_most_most_per_tick(tmp_path):
-    busy = Busy()
-    srv = StrandedCommands(tmp_path / "m.sock", busy, 1000)
-    r = Rescuer(busy, lambda: f"unix:{tmp_path}/m.sock")
-    r.settle = 0.3
-    try:
-        r._rescue(usual=0.0)
-        assert r.pokes == Rescuer.most
-    finally:
-        srv.close()
+def test_rescue_pokes_at_most_most_per_tick(rescue):
+    _srv, r = rescue(1000)
+    r._rescue(usual=0.0)
+    assert r.pokes == Rescuer.most
